@@ -1,0 +1,164 @@
+"""The `kubetune` command: run, validate, crd, driver, operator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _err(message: str) -> None:
+    print(f"kubetune: {message}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from kubetune.api import SpecError
+    from kubetune.api.load import load_experiment, read_documents
+
+    failed = 0
+    for path in args.files:
+        try:
+            docs = read_documents(path)
+            if not docs:
+                raise SpecError([], path)
+            for doc in docs:
+                experiment = load_experiment(doc, path)
+                if args.check_entrypoint:
+                    from kubetune.tune.trainable import import_entrypoint
+
+                    import_entrypoint(experiment.spec.trainable.entrypoint)
+                print(f"{path}: ok ({experiment.metadata.name})")
+        except SpecError as exc:
+            failed += 1
+            if not exc.issues:
+                print(f"{path}: no TuneExperiment document found", file=sys.stderr)
+            else:
+                issues = "\n".join(f"  {i.path or '(document)'}: {i.message}" for i in exc.issues)
+                print(f"{path}: {len(exc.issues)} error(s)\n{issues}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from kubetune.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace):
+    from kubetune.api import load_experiment_file
+    from kubetune.api.smoke import smoke_overrides
+
+    overrides = list(args.set or [])
+    experiment = load_experiment_file(args.file, overrides)
+    if getattr(args, "smoke", False):
+        experiment = load_experiment_file(args.file, smoke_overrides(experiment) + overrides)
+    return experiment
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kubetune.api import SpecError
+    from kubetune.tune.storage import StorageError
+
+    console = Console(stderr=False)
+    try:
+        experiment = _load(args)
+    except SpecError as exc:
+        _err(exc.render())
+        return EXIT_USAGE
+    from kubetune.tune.driver import run_experiment
+    from kubetune.tune.progress import LiveProgress, print_outcome
+
+    name = experiment.metadata.name
+
+    def announce(info: dict) -> None:
+        verb = "Resuming" if info["restored"] else "Starting"
+        console.print(f"{verb} experiment [bold]{name}[/]: {info['budget']} trial(s), storage {info['experiment_uri']}",
+                      highlight=False)
+
+    try:
+        with LiveProgress(console) as progress:
+            outcome = run_experiment(
+                experiment, storage_override=args.storage, sinks=[progress], num_cpus=args.num_cpus,
+                on_start=announce,
+            )
+    except SpecError as exc:
+        _err(exc.render())
+        return EXIT_USAGE
+    except StorageError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err("interrupted; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    print_outcome(console, outcome)
+    if outcome.status == "succeeded":
+        console.print(f"[green]{outcome.message}[/]", highlight=False)
+        return EXIT_OK
+    _err(outcome.message)
+    return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_FAILED
+
+
+def cmd_driver(args: argparse.Namespace) -> int:
+    """Run on a cluster: the driver pod's entrypoint (spec from the mounted ConfigMap)."""
+    from kubetune.driver_main import main as driver_main
+
+    return driver_main(args)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    try:
+        from kubetune.controller.main import main as operator_main
+    except ImportError as exc:
+        _err(f"the operator needs the 'operator' extra (pip install 'kubetune[operator]'): {exc}")
+        return EXIT_FAILED
+    return operator_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Hyperparameter tuning for PyTorch on Ray, locally or on Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a TuneExperiment on this machine (an embedded Ray); run again to resume")
+    run.add_argument("file", help="the TuneExperiment YAML")
+    run.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. spec.search.numSamples=4 (repeatable)")
+    run.add_argument("--storage", help="results directory or s3:// URI (default: spec.storage.uri, else ./kubetune-results)")
+    run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")
+    validate.add_argument("files", nargs="+")
+    validate.add_argument("--check-entrypoint", action="store_true", help="also import each trainable entrypoint")
+    validate.set_defaults(func=cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the TuneExperiment CustomResourceDefinition generated from the spec model")
+    crd.set_defaults(func=cmd_crd)
+
+    driver = sub.add_parser("driver", help="run an experiment's search on a Ray cluster (the driver pod's command)")
+    driver.add_argument("--spec", required=True, help="the experiment (a TuneExperiment document or a normalised spec JSON)")
+    driver.add_argument("--name", help="experiment name when --spec holds only the spec")
+    driver.add_argument("--namespace", default=os.environ.get("KUBETUNE_NAMESPACE"))
+    driver.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
+    driver.add_argument("--patch-status", action="store_true", help="patch the TuneExperiment's status through the Kubernetes API")
+    driver.set_defaults(func=cmd_driver)
+
+    operator = sub.add_parser("operator", help="run the kopf operator")
+    operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_NAMESPACES)")
+    operator.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""`kubetune run`'s display: live progress while Tune runs, the final table and the best trial."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from kubetune.tune.tracking import Snapshot, TrialRecord
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _config(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+
+
+def summary_line(snapshot: Snapshot) -> str:
+    c = snapshot.counts
+    best = snapshot.best
+    best_text = f"best {snapshot.metric}={_fmt(best.metric)} ({best.id})" if best else "best: none yet"
+    return (
+        f"trials {snapshot.done}/{c['total']} done: {c['running']} running, {c['pending']} pending, "
+        f"{c['terminated']} terminated, {c['error']} error | {best_text} | {snapshot.elapsed_s:.0f}s"
+    )
+
+
+class LiveProgress:
+    """A sink for ExperimentTracker: a live panel on a terminal, a line every few seconds elsewhere."""
+
+    def __init__(self, console: Console | None = None, line_interval_s: float = 5.0):
+        self.console = console or Console()
+        self.live: Live | None = None
+        self.line_interval_s = line_interval_s
+        self._last_line = 0.0
+        self._last_text = ""
+
+    def __enter__(self) -> "LiveProgress":
+        if self.console.is_terminal:
+            self.live = Live(Text("starting trials..."), console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+            self.live = None
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        if self.live is not None:
+            self.live.update(self.render(snapshot))
+            return
+        text = summary_line(snapshot)
+        now = time.monotonic()
+        if text.split(" | ")[:2] != self._last_text.split(" | ")[:2] and now - self._last_line >= self.line_interval_s:
+            self.console.print(text, highlight=False)
+            self._last_line, self._last_text = now, text
+
+    def render(self, snapshot: Snapshot) -> Group:
+        c = snapshot.counts
+        bar = ProgressBar(total=max(c["total"], 1), completed=snapshot.done, width=40)
+        head = Text(f" {snapshot.done}/{c['total']} trials done  ", style="bold")
+        states = Text(
+            f"running {c['running']}  pending {c['pending']}  terminated {c['terminated']}  error {c['error']}"
+            f"  ({snapshot.elapsed_s:.0f}s)"
+        )
+        best = snapshot.best
+        best_line = Text(
+            f"best {snapshot.metric} = {_fmt(best.metric)}  {best.id}  {_config(best.config)}" if best else "best: none yet",
+            style="green" if best else "dim",
+        )
+        running = [t for t in snapshot.trials if t.state == "running"][:8]
+        table = trials_table(running, snapshot.metric, title=None) if running else Text("")
+        return Group(Table.grid().add_row(bar, head) or Table.grid(), states, best_line, table)
+
+
+def trials_table(trials: list[TrialRecord], metric: str, title: str | None = "Trials") -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold")
+    names = sorted({k for t in trials for k in t.config})
+    table.add_column("trial")
+    table.add_column("state")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("iter", justify="right")
+    table.add_column(metric, justify="right")
+    for t in trials:
+        style = {"error": "red", "running": "cyan"}.get(t.state)
+        table.add_row(t.id, t.state, *[_fmt(t.config.get(n, "")) for n in names], str(t.iteration),
+                      _fmt(t.metric) if t.metric is not None else "-", style=style)
+    return table
+
+
+def print_outcome(console: Console, outcome: Any) -> None:
+    """The final table (best first) and the best trial."""
+    snapshot: Snapshot = outcome.snapshot
+    reverse = snapshot.mode == "max"
+    ordered = sorted(
+        snapshot.trials,
+        key=lambda t: (t.metric is None, -(t.metric or 0) if reverse else (t.metric or 0)),
+    )
+    console.print(trials_table(ordered, snapshot.metric, title=f"Trials ({summary_line(snapshot)})"))
+    best = outcome.best
+    if best is not None:
+        console.print(f"[bold green]Best trial[/] {best.id}: {snapshot.metric} = {_fmt(best.metric)} "
+                      f"after {best.iteration} iteration(s)")
+        console.print(f"  config: {_config(best.config)}", highlight=False)
+        console.print(f"  checkpoint: {best.checkpoint or '(none)'}", highlight=False)
+    console.print(f"Results: {outcome.results_uri}", highlight=False)

@@ -1,0 +1,216 @@
+"""Pure translation of the spec into Ray Tune objects: search space, searcher, scheduler, stoppers.
+
+Factories are keyed by the names the spec allows and import optional libraries lazily, as Ray
+Tune's own registries do; the spec model has already rejected unknown names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ray import tune
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+
+from kubetune.api.spec import Parameter, TuneExperimentSpec
+
+TIME_ATTR = "training_iteration"
+
+
+# ---------------------------------------------------------------- search space
+
+
+def build_domain(param: Parameter, grid_as_choice: bool = False) -> Any:
+    """One spec parameter -> a Ray Tune domain (int bounds in the spec are inclusive)."""
+    kind, b = param.kind, param.body
+    builders: dict[str, Callable[[], Any]] = {
+        "uniform": lambda: tune.uniform(b.min, b.max),
+        "quniform": lambda: tune.quniform(b.min, b.max, b.q),
+        "loguniform": lambda: tune.loguniform(b.min, b.max, b.base),
+        "qloguniform": lambda: tune.qloguniform(b.min, b.max, b.q, b.base),
+        "randn": lambda: tune.randn(b.mean, b.sd),
+        "qrandn": lambda: tune.qrandn(b.mean, b.sd, b.q),
+        "randint": lambda: tune.randint(b.min, b.max + 1),  # Ray's upper bound is exclusive
+        "qrandint": lambda: tune.qrandint(b.min, b.max, b.q),  # ... and inclusive here
+        "lograndint": lambda: tune.lograndint(b.min, b.max + 1, b.base),
+        "qlograndint": lambda: tune.qlograndint(b.min, b.max, b.q, b.base),
+        "choice": lambda: tune.choice(list(b)),
+        "grid": lambda: tune.choice(list(b)) if grid_as_choice else tune.grid_search(list(b)),
+        "powersOfTwo": lambda: tune.choice(b.values()),
+    }
+    return builders[kind]()
+
+
+def build_param_space(spec: TuneExperimentSpec) -> dict[str, Any]:
+    """The trainable's fixed config with every parameter's domain on top.
+
+    With the grid algorithm every discrete parameter is enumerated (Katib's grid); otherwise only
+    `grid` parameters are, and `choice` ones are sampled.
+    """
+    space: dict[str, Any] = dict(spec.trainable.config)
+    for name, param in spec.parameters.items():
+        if spec.search.algorithm == "grid" and param.kind in ("choice", "powersOfTwo"):
+            values = param.body if param.kind == "choice" else param.body.values()
+            space[name] = tune.grid_search(list(values))
+        else:
+            space[name] = build_domain(param)
+    return space
+
+
+# ---------------------------------------------------------------- searchers
+
+
+def _random(spec: TuneExperimentSpec) -> Searcher:
+    s = spec.search
+    return BasicVariantGenerator(
+        points_to_evaluate=s.points_to_evaluate or None,
+        max_concurrent=s.max_concurrent_trials or 0,
+        random_state=s.seed,
+    )
+
+
+def _hyperopt(spec: TuneExperimentSpec) -> Searcher:
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    s = spec.search
+    return HyperOptSearch(
+        points_to_evaluate=s.points_to_evaluate or None,
+        n_initial_points=s.random_warmup_steps if s.random_warmup_steps is not None else 20,
+        random_state_seed=s.seed,
+    )
+
+
+def _optuna(spec: TuneExperimentSpec) -> Searcher:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    sampler = optuna.samplers.TPESampler(
+        seed=s.seed, n_startup_trials=s.random_warmup_steps if s.random_warmup_steps is not None else 10
+    )
+    return OptunaSearch(points_to_evaluate=s.points_to_evaluate or None, sampler=sampler)
+
+
+def _bayesopt(spec: TuneExperimentSpec) -> Searcher:
+    from ray.tune.search.bayesopt import BayesOptSearch
+
+    s = spec.search
+    return BayesOptSearch(
+        points_to_evaluate=s.points_to_evaluate or None,
+        random_state=s.seed if s.seed is not None else 42,
+        random_search_steps=s.random_warmup_steps if s.random_warmup_steps is not None else 10,
+    )
+
+
+SEARCHERS: dict[str, Callable[[TuneExperimentSpec], Searcher]] = {
+    "random": _random,
+    "grid": _random,
+    "hyperopt": _hyperopt,
+    "optuna": _optuna,
+    "bayesopt": _bayesopt,
+}
+
+
+def build_searcher(spec: TuneExperimentSpec) -> Searcher:
+    """The searcher, behind a ConcurrencyLimiter when maxConcurrentTrials is set.
+
+    BasicVariantGenerator limits concurrency itself (it cannot be wrapped).
+    """
+    searcher = SEARCHERS[spec.search.algorithm](spec)
+    limit = spec.search.max_concurrent_trials
+    if limit and not isinstance(searcher, BasicVariantGenerator):
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=limit)
+    return searcher
+
+
+# ---------------------------------------------------------------- schedulers
+
+
+def max_iterations(spec: TuneExperimentSpec) -> int | None:
+    """The most iterations a trial runs: stop.maxIterations, else the scheduler's maxT."""
+    return spec.stop.max_iterations or spec.scheduler.max_t
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _asha(spec: TuneExperimentSpec) -> TrialScheduler:
+    s = spec.scheduler
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=_or(s.max_t, spec.stop.max_iterations or 100),
+        grace_period=_or(s.grace_period, 1),
+        reduction_factor=_or(s.reduction_factor, 4),
+        brackets=_or(s.brackets, 1),
+    )
+
+
+def _hyperband(spec: TuneExperimentSpec) -> TrialScheduler:
+    s = spec.scheduler
+    return HyperBandScheduler(
+        time_attr=TIME_ATTR,
+        max_t=_or(s.max_t, spec.stop.max_iterations or 81),
+        reduction_factor=_or(s.reduction_factor, 3),
+    )
+
+
+def _median(spec: TuneExperimentSpec) -> TrialScheduler:
+    s = spec.scheduler
+    return MedianStoppingRule(
+        time_attr=TIME_ATTR,
+        grace_period=_or(s.grace_period, 1),
+        min_samples_required=_or(s.min_samples_required, 3),
+    )
+
+
+def build_mutations(spec: TuneExperimentSpec) -> dict[str, Any]:
+    """PBT's hyperparam_mutations: Ray domains for distributions, lists as they are."""
+    return {
+        name: list(m) if isinstance(m, list) else build_domain(m, grid_as_choice=True)
+        for name, m in (spec.scheduler.hyperparam_mutations or {}).items()
+    }
+
+
+def _pbt(spec: TuneExperimentSpec) -> TrialScheduler:
+    s = spec.scheduler
+    return PopulationBasedTraining(
+        time_attr=TIME_ATTR,
+        perturbation_interval=s.perturbation_interval,
+        hyperparam_mutations=build_mutations(spec),
+        quantile_fraction=_or(s.quantile_fraction, 0.25),
+        resample_probability=_or(s.resample_probability, 0.25),
+    )
+
+
+def _pb2(spec: TuneExperimentSpec) -> TrialScheduler:
+    from ray.tune.schedulers.pb2 import PB2
+
+    s = spec.scheduler
+    return PB2(
+        time_attr=TIME_ATTR,
+        perturbation_interval=s.perturbation_interval,
+        hyperparam_bounds={k: list(v) for k, v in (s.hyperparam_bounds or {}).items()},
+        quantile_fraction=_or(s.quantile_fraction, 0.25),
+    )
+
+
+SCHEDULERS: dict[str, Callable[[TuneExperimentSpec], TrialScheduler]] = {
+    "fifo": lambda spec: FIFOScheduler(),
+    "asha": _asha,
+    "hyperband": _hyperband,
+    "medianStopping": _median,
+    "pbt": _pbt,
+    "pb2": _pb2,
+}
+
+
+def build_scheduler(spec: TuneExperimentSpec) -> TrialScheduler:
+    return SCHEDULERS[spec.scheduler.type](spec)

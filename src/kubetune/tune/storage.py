@@ -1,0 +1,137 @@
+"""Where an experiment keeps its state: a local directory or S3 through a pyarrow filesystem.
+
+Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)
+or from a mounted Secret directory (KUBETUNE_S3_SECRET_DIR, one file per key); they never enter the
+spec, a log line or a status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from kubetune.api.spec import Storage
+
+DEFAULT_LOCAL_ROOT = "kubetune-results"
+SECRET_DIR_ENV = "KUBETUNE_S3_SECRET_DIR"
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class StorageError(Exception):
+    """Storage that cannot be used; the message names the endpoint or path, never a credential."""
+
+
+@dataclass(frozen=True)
+class ResolvedStorage:
+    """storage_path and storage_filesystem for Ray's RunConfig, plus a display URI."""
+
+    root: str  # path inside `filesystem` (bucket/prefix for S3, an absolute directory locally)
+    filesystem: pafs.FileSystem | None
+    uri: str
+    endpoint: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def experiment_path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def experiment_uri(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    def fs(self) -> pafs.FileSystem:
+        return self.filesystem or pafs.LocalFileSystem()
+
+    def write_json(self, relative: str, data: Any) -> None:
+        path = f"{self.root.rstrip('/')}/{relative}"
+        fs = self.fs()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(json.dumps(data, indent=2, default=str).encode())
+
+    def read_json(self, relative: str) -> Any | None:
+        path = f"{self.root.rstrip('/')}/{relative}"
+        try:
+            with self.fs().open_input_stream(path) as stream:
+                return json.loads(stream.read())
+        except (FileNotFoundError, OSError):
+            return None
+
+
+def read_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
+    """S3 credentials from the environment, else from files in KUBETUNE_S3_SECRET_DIR."""
+    env = dict(os.environ if env is None else env)
+    creds = {k: env[k] for k in CREDENTIAL_KEYS if env.get(k)}
+    secret_dir = env.get(SECRET_DIR_ENV)
+    if secret_dir and Path(secret_dir).is_dir():
+        for key in CREDENTIAL_KEYS:
+            file = Path(secret_dir) / key
+            if key not in creds and file.is_file():
+                creds[key] = file.read_text().strip()
+    return creds
+
+
+def s3_filesystem(storage: Storage, env: dict[str, str] | None = None) -> pafs.S3FileSystem:
+    creds = read_credentials(env)
+    kwargs: dict[str, Any] = {
+        "connect_timeout": 5,
+        "request_timeout": 20,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+    }
+    if creds.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = creds["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = creds.get("AWS_SECRET_ACCESS_KEY", "")
+        if creds.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = creds["AWS_SESSION_TOKEN"]
+    if storage.endpoint:
+        parsed = urlparse(storage.endpoint)
+        kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        kwargs["scheme"] = parsed.scheme
+    if storage.region:
+        kwargs["region"] = storage.region
+    elif storage.endpoint:
+        kwargs["region"] = "us-east-1"  # S3-compatible stores ignore it; pyarrow would probe AWS for it
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve_storage(storage: Storage, override: str | None = None, env: dict[str, str] | None = None) -> ResolvedStorage:
+    """The spec's storage (or an override URI/path) as something Ray can write to."""
+    uri = override or storage.uri or DEFAULT_LOCAL_ROOT
+    if uri.startswith("s3://"):
+        effective = storage.model_copy(update={"uri": uri})
+        parsed = urlparse(uri)
+        root = f"{parsed.netloc}{parsed.path}".rstrip("/")
+        return ResolvedStorage(root=root, filesystem=s3_filesystem(effective, env), uri=uri.rstrip("/"), endpoint=storage.endpoint)
+    local = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
+    return ResolvedStorage(root=str(local), filesystem=None, uri=str(local))
+
+
+def check_storage(resolved: ResolvedStorage) -> None:
+    """Fail fast, before any trial starts, when the storage cannot be written."""
+    if not resolved.is_s3:
+        try:
+            Path(resolved.root).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage.uri: cannot create local directory {resolved.root}: {exc.strerror}") from None
+        return
+    bucket = resolved.root.split("/", 1)[0]
+    where = resolved.endpoint or "AWS S3"
+    try:
+        info = resolved.fs().get_file_info(bucket)
+    except OSError as exc:
+        reason = str(exc).splitlines()[0][:300]
+        raise StorageError(f"storage.endpoint: cannot reach S3 at {where} for bucket {bucket!r}: {reason}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"storage.uri: bucket {bucket!r} does not exist at {where}")
+    try:
+        resolved.write_json(".kubetune-write-check", {"ok": True})
+    except OSError as exc:
+        reason = str(exc).splitlines()[0][:300]
+        raise StorageError(f"storage.uri: cannot write to {resolved.uri} at {where}: {reason}") from None

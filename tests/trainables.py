@@ -1,0 +1,36 @@
+"""Trainables for the driver's tests (importable by Ray workers as tests.trainables)."""
+
+import os
+import time
+
+from kubetune import trial
+
+# Module state a trial could leak into the next one if actors were reused carelessly.
+IMPORT_COUNT = 0
+IMPORT_COUNT += 1
+SEEN_TRIALS: list = []
+
+
+def leaky(config):
+    """Reports what it sees of earlier trials in the same process, then pollutes the process."""
+    SEEN_TRIALS.append(config["x"])
+    leaked_env = os.environ.get("KUBETUNE_TEST_LEAK")
+    os.environ["KUBETUNE_TEST_LEAK"] = str(config["x"])
+    for i in range(2):
+        time.sleep(0.05)
+        trial.report({
+            "score": config["x"] + i,
+            "pid": os.getpid(),
+            "seen_trials": len(SEEN_TRIALS),
+            "import_count": IMPORT_COUNT,
+            "leaked_env": leaked_env or "",
+        })
+
+
+def wrong_metric(config):
+    for i in range(5):
+        trial.report({"acc": 0.1 * i})
+
+
+def always_fails(config):
+    raise RuntimeError("boom from the trainable")
