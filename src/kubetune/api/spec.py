@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -350,7 +350,7 @@ class Scheduler(Model):
     """pbt: probability of resampling from the distribution instead of perturbing (default 0.25)."""
 
     # Which fields each scheduler type understands; anything else set is an error.
-    FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    FIELDS_BY_TYPE: ClassVar[dict[str, tuple[str, ...]]] = {
         "fifo": (),
         "asha": ("maxT", "gracePeriod", "reductionFactor", "brackets"),
         "hyperband": ("maxT", "reductionFactor"),
