@@ -34,3 +34,23 @@ def wrong_metric(config):
 
 def always_fails(config):
     raise RuntimeError("boom from the trainable")
+
+
+def counter(config):
+    """Counts to config["iterations"], checkpointing each step; records starts and completions.
+
+    `config["marks"]` is a directory where it writes `start-<trial>-<n>` (the iteration it resumed
+    at) and `done-<trial>`, so a test can tell whether finished work was ever redone.
+    """
+    from pathlib import Path
+
+    marks = Path(config["marks"])
+    marks.mkdir(parents=True, exist_ok=True)
+    trial_id = trial.context().trial_id
+    state = trial.load_state() or {"i": 0}
+    n = len(list(marks.glob(f"start-{trial_id}-*")))
+    (marks / f"start-{trial_id}-{n}").write_text(str(state["i"]))
+    for i in range(state["i"] + 1, config["iterations"] + 1):
+        time.sleep(config.get("sleep_s", 0.1))
+        trial.report({"score": config["x"] * i}, state={"i": i})
+    (marks / f"done-{trial_id}").write_text("1")

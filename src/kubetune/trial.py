@@ -147,12 +147,13 @@ def load_state() -> dict[str, Any] | None:
 def save_state(directory: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write `state` (torch.save when torch is loaded, else pickle) and our metadata to a directory."""
     directory = Path(directory)
-    if "torch" in sys.modules:
+    fmt = "torch" if "torch" in sys.modules else "pickle"
+    if fmt == "torch":
         sys.modules["torch"].save(dict(state), directory / STATE_FILE)
     else:
         with open(directory / STATE_FILE, "wb") as fh:
             pickle.dump(dict(state), fh)
-    (directory / META_FILE).write_text(json.dumps({"iteration": _iteration}))
+    (directory / META_FILE).write_text(json.dumps({"iteration": _iteration, "format": fmt}))
 
 
 def read_state(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -161,11 +162,11 @@ def read_state(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     meta_path = directory / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     path = directory / STATE_FILE
-    try:
+    if meta.get("format", "torch") == "torch":
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except ImportError:
+    else:
         with open(path, "rb") as fh:
             state = pickle.load(fh)
     return state, meta

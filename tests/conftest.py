@@ -1,0 +1,111 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray (2 CPUs) for the in-process driver tests; shut down at the end."""
+    from kubetune.tune.driver import ensure_ray
+
+    import ray
+
+    started = ensure_ray(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto in server mode on 127.0.0.1: a real S3 HTTP API; yields (endpoint, env with credentials)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    env = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key", "AWS_DEFAULT_REGION": "us-east-1"}
+    yield endpoint, env
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    import uuid
+
+    import boto3
+
+    endpoint, env = s3_server
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    name = f"kubetune-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return endpoint, name, client
+
+
+def _ray_processes() -> dict[int, str]:
+    """pid -> command line of Ray's processes on this machine (not zombies)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ")[1][0]
+        except OSError:
+            continue
+        if state != "Z" and ("gcs_server" in cmd or "raylet" in cmd or cmd.startswith("ray::")):
+            found[int(entry.name)] = cmd[:120]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_processes_left_behind():
+    """Tests leave no Ray processes behind: anything new at the end is killed and reported."""
+    before = set(_ray_processes())
+    yield
+    import signal
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        leftover = {p: c for p, c in _ray_processes().items() if p not in before}
+        if not leftover:
+            return
+        time.sleep(0.5)
+    for pid in leftover:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pytest.fail(f"tests left Ray processes behind (killed now): {leftover}", pytrace=False)

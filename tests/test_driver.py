@@ -1,0 +1,193 @@
+"""The driver on a real embedded Ray: isolation of reused actors, failures, storage, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.api import load_experiment
+from kubetune.tune.driver import run_experiment
+from kubetune.tune.storage import StorageError
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+
+
+def doc(name, entrypoint, parameters, **spec):
+    body = {"trainable": {"entrypoint": entrypoint, "config": spec.pop("config", {})},
+            "objective": {"metric": "score", "mode": "max"}, "parameters": parameters}
+    body.update(spec)
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "TuneExperiment", "metadata": {"name": name}, "spec": body}
+
+
+def test_reused_actors_start_every_trial_clean(ray_local, tmp_path):
+    exp = load_experiment(doc("leaky", "tests.trainables:leaky", {"x": {"grid": [1, 2, 3, 4, 5, 6]}},
+                              search={"numSamples": 1, "maxConcurrentTrials": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    results = [t.last_result for t in outcome.snapshot.trials]
+    assert len(results) == 6
+    # actors were really reused ...
+    assert len({r["pid"] for r in results}) < len(results)
+    # ... and no trial saw what an earlier one did to the process
+    for r in results:
+        assert r["import_count"] == 1 and r["seen_trials"] == 1 and r["leaked_env"] == ""
+    assert os.environ.get("KUBETUNE_TEST_LEAK") is None
+    saved = json.loads((tmp_path / "leaky" / "kubetune-results.json").read_text())
+    assert saved["bestTrial"]["config"] == {"x": 6} and saved["bestTrial"]["metric"] == 7
+    assert len(saved["trials"]) == 6 and all(t["state"] == "terminated" for t in saved["trials"])
+
+
+def test_missing_metric_fails_after_the_first_result(ray_local, tmp_path):
+    exp = load_experiment(doc("wrong", "tests.trainables:wrong_metric", {"x": {"uniform": {"min": 0, "max": 1}}},
+                              search={"numSamples": 6, "maxConcurrentTrials": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "failed"
+    assert "spec.objective.metric" in outcome.message and "'score'" in outcome.message and "acc" in outcome.message
+    # stopped at the first result, not after the budget
+    assert max(t.iteration for t in outcome.snapshot.trials) == 1
+    assert len([t for t in outcome.snapshot.trials if t.iteration > 0]) == 1
+
+
+def test_every_trial_failing_fails_the_experiment(ray_local, tmp_path):
+    exp = load_experiment(doc("fails", "tests.trainables:always_fails", {"x": {"uniform": {"min": 0, "max": 1}}},
+                              search={"numSamples": 2}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "failed" and "all 2 trial(s) failed" in outcome.message
+    assert outcome.snapshot.counts["error"] == 2
+
+
+def test_unreachable_s3_fails_before_any_trial(tmp_path, monkeypatch):
+    from tests.conftest import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-shown")
+    exp = load_experiment(doc("s3down", "tests.trainables:leaky", {"x": {"grid": [1]}},
+                              storage={"uri": "s3://bucket/exp", "endpoint": endpoint}))
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        run_experiment(exp)
+    assert endpoint in str(info.value) and "storage.endpoint" in str(info.value)
+    assert "never-shown" not in str(info.value)
+    assert time.monotonic() - started < 30
+
+
+def test_missing_bucket_is_named(s3_bucket):
+    endpoint, _, _ = s3_bucket
+    exp = load_experiment(doc("nobucket", "tests.trainables:leaky", {"x": {"grid": [1]}},
+                              storage={"uri": "s3://no-such-bucket/exp", "endpoint": endpoint}))
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        run_experiment(exp)
+
+
+def test_s3_checkpoints_results_and_restore(ray_local, s3_bucket, tmp_path):
+    endpoint, bucket, client = s3_bucket
+    exp = load_experiment(doc(
+        "s3exp", "tests.trainables:counter", {"x": {"grid": [1, 2]}},
+        config={"iterations": 3, "sleep_s": 0.01, "marks": str(tmp_path / "marks")},
+        search={"numSamples": 1}, checkpoint={"frequency": 1, "numToKeep": 2},
+        storage={"uri": f"s3://{bucket}/experiments", "endpoint": endpoint},
+    ))
+    first = run_experiment(exp)
+    assert first.status == "succeeded" and not first.restored
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="experiments/s3exp/")["Contents"]]
+    assert "experiments/s3exp/kubetune-results.json" in keys
+    assert "experiments/s3exp/kubetune-best-trial.json" in keys
+    assert any("/checkpoint_" in k and k.endswith("state.pt") for k in keys), keys
+    best = json.loads(client.get_object(Bucket=bucket, Key="experiments/s3exp/kubetune-best-trial.json")["Body"].read())
+    assert best["metric"] == 6 and best["checkpoint"].startswith(f"s3://{bucket}/experiments/s3exp/")
+    # the checkpoint the best trial points at is really there
+    ckpt_prefix = best["checkpoint"][len(f"s3://{bucket}/"):]
+    assert any(k.startswith(ckpt_prefix) for k in keys)
+
+    again = run_experiment(exp)
+    assert again.restored and again.status == "succeeded"
+    assert {t.id for t in again.snapshot.trials} == {t.id for t in first.snapshot.trials}
+    # nothing was trained again: each trial started exactly once
+    starts = sorted(p.name for p in (tmp_path / "marks").glob("start-*"))
+    assert len(starts) == 2, starts
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _run_cli(spec_path, storage, env=None):
+    return subprocess.Popen(
+        [KUBETUNE, "run", str(spec_path), "--storage", str(storage), "--num-cpus", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )
+
+
+def _counter_experiment(tmp_path, name, samples=6):
+    spec = doc(name, "tests.trainables:counter", {"x": {"uniform": {"min": 0, "max": 1}}},
+               config={"iterations": 5, "sleep_s": 0.2, "marks": str(tmp_path / "marks")},
+               search={"numSamples": samples, "maxConcurrentTrials": 2, "seed": 1})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_driver_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_path):
+    path = _counter_experiment(tmp_path, "killed", samples=8)
+    marks = tmp_path / "marks"
+    proc = _run_cli(path, tmp_path / "store")
+    try:
+        _wait_for(lambda: len(list(marks.glob("done-*"))) >= 3, 180, "three finished trials")
+        finished_before = {p.name[len("done-"):] for p in marks.glob("done-*")}
+        time.sleep(0.3)
+    finally:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+    again = _run_cli(path, tmp_path / "store")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "Resuming experiment killed" in out
+    results = json.loads((tmp_path / "store" / "killed" / "kubetune-results.json").read_text())
+    assert results["counts"]["terminated"] == 8, results["counts"]
+    by_id = {t["id"]: t for t in results["trials"]}
+    for trial_id in finished_before:
+        assert by_id[trial_id]["state"] == "terminated" and by_id[trial_id]["iteration"] == 5
+        # a finished trial was never trained again: any later start resumed at its last iteration
+        restarts = sorted(marks.glob(f"start-{trial_id}-*"))[1:]
+        assert all(p.read_text() == "5" for p in restarts), [p.read_text() for p in restarts]
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
+    path = _counter_experiment(tmp_path, "interrupted", samples=6)
+    marks = tmp_path / "marks"
+    proc = _run_cli(path, tmp_path / "store")
+    _wait_for(lambda: len(list(marks.glob("done-*"))) >= 2, 180, "two finished trials")
+    _kill_group(proc, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command again to resume" in out
+    assert "Traceback" not in out
+
+    again = _run_cli(path, tmp_path / "store")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "Resuming experiment interrupted" in out and "Best trial" in out
