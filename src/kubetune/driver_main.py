@@ -1,0 +1,135 @@
+"""`kubetune driver`: the driver pod's entrypoint on a cluster.
+
+It reads the experiment the operator mounted (the normalised TuneExperiment as JSON or YAML),
+connects to the RayCluster (RAY_ADDRESS), runs or resumes the search, and patches the
+TuneExperiment's `status.trials`, `status.progress` and `status.bestTrial` while it runs
+(rate-limited). The operator owns phase and conditions. Exit codes: 0 succeeded, 1 failed,
+2 bad spec; a killed driver is restarted by its Job and resumes from storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from kubetune.api import SpecError
+from kubetune.api.load import load_experiment, load_spec, read_documents
+from kubetune.api.spec import API_GROUP, API_VERSION, PLURAL, TuneExperiment
+from kubetune.tune.tracking import Snapshot
+
+log = logging.getLogger("kubetune.driver")
+
+
+def status_fields(snapshot: Snapshot, results_uri: str | None = None) -> dict[str, Any]:
+    """The part of the status the driver owns, from a snapshot."""
+    counts = snapshot.counts
+    best = snapshot.best
+    status: dict[str, Any] = {
+        "trials": counts,
+        "progress": f"{snapshot.done}/{counts['total']}",
+    }
+    if best is not None:
+        status["bestTrial"] = {
+            "id": best.id, "config": best.config, "metric": best.metric,
+            "iteration": best.iteration, "checkpoint": best.checkpoint,
+        }
+    if results_uri:
+        status["resultsUri"] = results_uri
+    return status
+
+
+class StatusPatcher:
+    """Patches the TuneExperiment's status subresource, at most every `interval_s` seconds."""
+
+    def __init__(self, name: str, namespace: str, interval_s: float = 5.0):
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self.api = client.CustomObjectsApi()
+        self.name, self.namespace, self.interval_s = name, namespace, interval_s
+        self._last = 0.0
+        self._last_body: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        self.patch(status_fields(snapshot))
+
+    def patch(self, status: dict[str, Any]) -> None:
+        if status == self._last_body:
+            return
+        with self._lock:
+            try:
+                self.api.patch_namespaced_custom_object_status(
+                    API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, {"status": status}
+                )
+                self._last_body = status
+            except Exception as exc:  # the search must go on when the API server is briefly away
+                log.warning("could not patch the status of %s/%s: %s", self.namespace, self.name, exc)
+
+
+def load_driver_experiment(path: str, name: str | None, namespace: str | None) -> TuneExperiment:
+    """A TuneExperiment document, or just a spec plus --name (as the operator's ConfigMap holds)."""
+    docs = read_documents(path)
+    if len(docs) != 1:
+        raise SpecError([], path)
+    doc = docs[0]
+    if isinstance(doc, dict) and "spec" in doc and "apiVersion" in doc:
+        return load_experiment(doc, path)
+    spec = load_spec(doc, path)
+    if not name:
+        raise SpecError([], f"{path}: --name is required when the file holds only a spec")
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return TuneExperiment.model_validate({
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TuneExperiment", "metadata": metadata,
+        "spec": spec.dump(),
+    })
+
+
+def main(args: argparse.Namespace) -> int:
+    from kubetune.tune.driver import run_experiment
+    from kubetune.tune.storage import StorageError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        experiment = load_driver_experiment(args.spec, args.name, args.namespace)
+    except SpecError as exc:
+        print(f"kubetune driver: {exc.render()}", file=sys.stderr)
+        return 2
+    name = experiment.metadata.name
+    namespace = args.namespace or experiment.metadata.namespace or "default"
+    patcher = StatusPatcher(name, namespace) if args.patch_status else None
+
+    def progress_line(snapshot: Snapshot) -> None:
+        from kubetune.tune.progress import summary_line
+
+        now = time.monotonic()
+        if now - getattr(progress_line, "last", 0.0) >= 10:
+            progress_line.last = now  # type: ignore[attr-defined]
+            log.info(summary_line(snapshot))
+
+    sinks = [progress_line] + ([patcher] if patcher else [])
+    try:
+        outcome = run_experiment(experiment, sinks=sinks, address=args.address)
+    except SpecError as exc:
+        print(f"kubetune driver: {exc.render()}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"kubetune driver: {exc}", file=sys.stderr)
+        return 1
+    if patcher:
+        patcher.patch(status_fields(outcome.snapshot, outcome.results_uri))
+    print(json.dumps({"status": outcome.status, "message": outcome.message, "results": outcome.results_uri}))
+    log.info("experiment %s %s: %s", name, outcome.status, outcome.message)
+    return 0 if outcome.status == "succeeded" else 1
