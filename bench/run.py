@@ -1,0 +1,142 @@
+"""kubetune against plain Ray Tune, measured side by side in one run (a benchmark, not a test).
+
+1. Trial overhead: the same sleep workload (16 trials x 20 iterations of 50 ms, 1 CPU each, on
+   2 CPUs: at least 8 s) through plain `tune.Tuner(...).fit()` with Ray Tune's defaults, plain Ray
+   Tune with `reuse_actors=True` (for reference), and kubetune's driver (what `kubetune run` calls),
+   alternated round by round. All share one embedded Ray started before timing, so each wall time
+   is the experiment itself, not Ray's start-up.
+2. ASHA against FIFO on the quickstart: iterations consumed, wall time and best accuracy.
+
+    ./dev bench [--rounds N] [--skip-asha]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRIALS, ITERATIONS, SLEEP_S, CPUS = 16, 20, 0.05, 2
+MINIMUM_S = TRIALS * ITERATIONS * SLEEP_S / CPUS
+
+
+def plain_sleep(config):
+    """The sleep workload written for plain Ray Tune (no kubetune import)."""
+    from ray import tune
+
+    from kubetune_trials.sleep import score
+
+    for iteration in range(1, config["iterations"] + 1):
+        time.sleep(config["sleep_s"])
+        tune.report({"score": score(config["x"], iteration)})
+
+
+def run_plain(reuse_actors: bool) -> float:
+    from ray import tune
+
+    started = time.perf_counter()
+    tuner = tune.Tuner(
+        tune.with_resources(plain_sleep, {"cpu": 1}),
+        param_space={"x": tune.uniform(0, 1), "iterations": ITERATIONS, "sleep_s": SLEEP_S},
+        tune_config=tune.TuneConfig(num_samples=TRIALS, metric="score", mode="max", reuse_actors=reuse_actors),
+        run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-plain-"), verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == TRIALS and not results.errors
+    return time.perf_counter() - started
+
+
+def sleep_experiment():
+    from kubetune.api import load_experiment
+
+    return load_experiment({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuneExperiment", "metadata": {"name": "bench-sleep"},
+        "spec": {
+            "trainable": {"entrypoint": "kubetune_trials.sleep:train",
+                          "config": {"iterations": ITERATIONS, "sleep_s": SLEEP_S}},
+            "objective": {"metric": "score", "mode": "max"},
+            "parameters": {"x": {"uniform": {"min": 0, "max": 1}}},
+            "search": {"numSamples": TRIALS},
+            # the plain workload does not checkpoint either
+            "checkpoint": {"frequency": 0, "atEnd": False},
+        },
+    })
+
+
+def run_kubetune(experiment) -> float:
+    from kubetune.tune.driver import run_experiment
+
+    started = time.perf_counter()
+    outcome = run_experiment(experiment, storage_override=tempfile.mkdtemp(prefix="bench-kubetune-"))
+    assert outcome.status == "succeeded" and outcome.snapshot.counts["terminated"] == TRIALS, outcome.message
+    return time.perf_counter() - started
+
+
+def overhead_bench(rounds: int) -> None:
+    experiment = sleep_experiment()
+    print(f"== trial overhead: {TRIALS} trials x {ITERATIONS} x {SLEEP_S * 1000:.0f} ms on {CPUS} CPUs "
+          f"(minimum {MINIMUM_S:.1f} s), {rounds} round(s)")
+    run_kubetune(experiment)  # warm-up: imports in this process, not timed
+    walls: dict[str, list[float]] = {"plain (defaults)": [], "plain (reuse_actors=True)": [], "kubetune": []}
+    for r in range(rounds):
+        for name, fn in (("plain (defaults)", lambda: run_plain(False)),
+                         ("kubetune", lambda: run_kubetune(experiment)),
+                         ("plain (reuse_actors=True)", lambda: run_plain(True))):
+            wall = fn()
+            walls[name].append(wall)
+            print(f"  round {r + 1}  {name:28s} {wall:6.2f} s", flush=True)
+    med = {name: statistics.median(v) for name, v in walls.items()}
+    for name, value in med.items():
+        print(f"  median {name:28s} {value:6.2f} s  ({value / MINIMUM_S:.2f} x minimum)")
+    print(f"  kubetune / plain (defaults)      = {med['kubetune'] / med['plain (defaults)']:.2f}   (target <= 0.5)")
+    print(f"  kubetune / minimum               = {med['kubetune'] / MINIMUM_S:.2f}   (target <= 1.3)")
+    print(f"  kubetune / plain (reuse_actors)  = {med['kubetune'] / med['plain (reuse_actors=True)']:.2f}")
+
+
+def asha_vs_fifo(rounds: int) -> None:
+    from kubetune.api import load_experiment_file
+    from kubetune.tune.driver import run_experiment
+
+    print("== ASHA against FIFO on examples/quickstart.yaml")
+    stats: dict[str, list[tuple[float, int, float]]] = {"asha": [], "fifo": []}
+    for r in range(rounds):
+        for name, overrides in (("fifo", ["spec.scheduler={type: fifo}"]), ("asha", [])):
+            experiment = load_experiment_file(ROOT / "examples" / "quickstart.yaml", overrides)
+            started = time.perf_counter()
+            outcome = run_experiment(experiment, storage_override=tempfile.mkdtemp(prefix=f"bench-{name}-"))
+            wall = time.perf_counter() - started
+            iterations = sum(t.iteration for t in outcome.snapshot.trials)
+            best = outcome.best.metric if outcome.best else float("nan")
+            stats[name].append((wall, iterations, best))
+            print(f"  round {r + 1}  {name}: wall {wall:6.2f} s, iterations {iterations:4d}, best accuracy {best:.4f}", flush=True)
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in stats.items()}
+    print(f"  ASHA / FIFO iterations = {med['asha'][1] / med['fifo'][1]:.2f}")
+    print(f"  ASHA / FIFO wall       = {med['asha'][0] / med['fifo'][0]:.2f}   (target <= 0.6)")
+    print(f"  best accuracy: ASHA {med['asha'][2]:.4f}, FIFO {med['fifo'][2]:.4f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-asha", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+
+    from kubetune.tune.driver import ensure_ray
+
+    ensure_ray(num_cpus=CPUS)
+    if not args.skip_overhead:
+        overhead_bench(args.rounds)
+    if not args.skip_asha:
+        asha_vs_fifo(args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
