@@ -191,3 +191,25 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
     assert "Resuming experiment interrupted" in out and "Best trial" in out
+
+
+@pytest.mark.parametrize("algorithm", ["random", "hyperopt"])
+def test_raising_num_samples_continues_a_finished_experiment(ray_local, tmp_path, algorithm):
+    """Katib's LongRunning: the same experiment with a larger budget runs only the new trials."""
+    def experiment(samples):
+        return load_experiment(doc(
+            "longrunning", "kubetune_trials.sleep:train", {"x": {"uniform": {"min": 0, "max": 1}}},
+            config={"iterations": 2, "sleep_s": 0.01},
+            search={"algorithm": algorithm, "numSamples": samples, "seed": 3,
+                    **({"randomWarmupSteps": 2} if algorithm == "hyperopt" else {})},
+        ))
+
+    first = run_experiment(experiment(3), storage_override=str(tmp_path))
+    assert first.status == "succeeded" and len(first.snapshot.trials) == 3
+    more = run_experiment(experiment(5), storage_override=str(tmp_path))
+    assert more.restored and more.status == "succeeded", more.message
+    assert len(more.snapshot.trials) == 5 and more.snapshot.counts["terminated"] == 5
+    old = {t.id: t for t in first.snapshot.trials}
+    for t in more.snapshot.trials:
+        if t.id in old:
+            assert t.metric == old[t.id].metric and t.config == old[t.id].config

@@ -96,8 +96,9 @@ def test_searchers(name, cls):
         assert isinstance(searcher, BasicVariantGenerator)
         assert searcher.max_concurrent == 2 and searcher._points_to_evaluate
     else:
-        assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
-        inner = searcher.searcher
+        limiter = searcher.searcher  # Tune's SearchGenerator wrapping the limiter
+        assert isinstance(limiter, ConcurrencyLimiter) and limiter.max_concurrent == 2
+        inner = limiter.searcher
         assert type(inner).__name__ == cls
         if name == "hyperopt":
             assert inner.algo.keywords["n_startup_jobs"] == 3

@@ -196,10 +196,12 @@ def run_experiment(
             param_space=param_space,
             storage_filesystem=storage.filesystem,
         )
-        # Tune restores the RunConfig it pickled; this run's display and stopper replace the old ones.
-        run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks = [tracker]
-        run_config.stop = stopper
+        # Tune restores the RunConfig and search algorithm it pickled: this run's display and
+        # stopper replace the old ones, and a raised numSamples extends the search.
+        local = tuner._local_tuner
+        local.get_run_config().callbacks = [tracker]
+        local.get_run_config().stop = stopper
+        local._tune_config.search_alg.extend_to = tracker.budget
     else:
         tuner = tune.Tuner(
             trainable,

@@ -6,6 +6,7 @@ Tune's own registries do; the spec model has already rejected unknown names.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 from ray import tune
@@ -17,7 +18,10 @@ from ray.tune.schedulers import (
     PopulationBasedTraining,
     TrialScheduler,
 )
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
+from ray.tune.search.basic_variant import _TrialIterator
+from ray.tune.search.search_generator import SearchGenerator
+from ray.tune.search.variant_generator import _count_spec_samples
 
 from kubetune.api.spec import Parameter, TuneExperimentSpec
 
@@ -67,9 +71,51 @@ def build_param_space(spec: TuneExperimentSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------- searchers
 
 
-def _random(spec: TuneExperimentSpec) -> Searcher:
+class _Extendable:
+    """A search algorithm that a restore can extend to more samples (Katib's LongRunning).
+
+    Tune restores a search algorithm with the sample count it was saved with; the driver sets
+    `extend_to` (the spec's trial budget) before `fit()`, and the restored state is raised to it.
+    """
+
+    extend_to: int | None = None
+
+    def set_state(self, state):  # called by restore_from_dir
+        super().set_state(state)
+        if self.extend_to is not None and self.extend_to > self._total_samples:
+            self._extend(self.extend_to - self._total_samples)
+            self._finished = False
+
+
+class ExtendableVariantGenerator(_Extendable, BasicVariantGenerator):
+    """Random and grid search (BasicVariantGenerator) that can grow its sample count on restore."""
+
+    def _extend(self, extra_trials: int) -> None:
+        template = self._iterators[-1]
+        grid = _count_spec_samples(template.unresolved_spec, num_samples=1)
+        iterator = _TrialIterator(
+            uuid_prefix=self._uuid_prefix,
+            num_samples=-(-extra_trials // grid),
+            unresolved_spec=template.unresolved_spec,
+            constant_grid_search=self._constant_grid_search,
+            start=self._total_samples,
+            random_state=self._random_state,
+        )
+        self._iterators.append(iterator)
+        self._total_samples += iterator.num_samples * grid
+        self._trial_generator = itertools.chain(self._trial_generator, iterator)
+
+
+class ExtendableSearchGenerator(_Extendable, SearchGenerator):
+    """Model-based searchers (wrapped as Tune wraps them) that can grow their sample count on restore."""
+
+    def _extend(self, extra_trials: int) -> None:
+        self._total_samples += extra_trials
+
+
+def _random(spec: TuneExperimentSpec) -> SearchAlgorithm:
     s = spec.search
-    return BasicVariantGenerator(
+    return ExtendableVariantGenerator(
         points_to_evaluate=s.points_to_evaluate or None,
         max_concurrent=s.max_concurrent_trials or 0,
         random_state=s.seed,
@@ -109,7 +155,7 @@ def _bayesopt(spec: TuneExperimentSpec) -> Searcher:
     )
 
 
-SEARCHERS: dict[str, Callable[[TuneExperimentSpec], Searcher]] = {
+SEARCHERS: dict[str, Callable[[TuneExperimentSpec], Searcher | SearchAlgorithm]] = {
     "random": _random,
     "grid": _random,
     "hyperopt": _hyperopt,
@@ -118,16 +164,16 @@ SEARCHERS: dict[str, Callable[[TuneExperimentSpec], Searcher]] = {
 }
 
 
-def build_searcher(spec: TuneExperimentSpec) -> Searcher:
-    """The searcher, behind a ConcurrencyLimiter when maxConcurrentTrials is set.
-
-    BasicVariantGenerator limits concurrency itself (it cannot be wrapped).
-    """
+def build_searcher(spec: TuneExperimentSpec) -> SearchAlgorithm:
+    """The search algorithm: model-based searchers behind a ConcurrencyLimiter when
+    maxConcurrentTrials is set (BasicVariantGenerator limits concurrency itself)."""
     searcher = SEARCHERS[spec.search.algorithm](spec)
+    if isinstance(searcher, SearchAlgorithm):
+        return searcher
     limit = spec.search.max_concurrent_trials
-    if limit and not isinstance(searcher, BasicVariantGenerator):
+    if limit:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=limit)
-    return searcher
+    return ExtendableSearchGenerator(searcher)
 
 
 # ---------------------------------------------------------------- schedulers
