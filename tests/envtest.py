@@ -13,6 +13,15 @@ There is no scheduler and no kubelet: pods stay Pending unless a test writes the
 
 The kube binaries come from ``hack/envtest/build.sh`` (cached in ``<repo>/.cache/envtest/bin``).
 
+Besides the typed client (``api_client()``), the plane offers: ``admin_kubeconfig`` (file),
+``request()`` (raw JSON HTTP), ``apply_crds()``, ``create_namespace()``,
+``service_account_kubeconfig()`` (TokenRequest-minted token, for running the operator with
+only the RBAC the project ships), ``set_pod_phase()`` (play kubelet: Running / Succeeded /
+Failed), ``logs()``, ``rss_kib()``; and the module has ``wait_until()``.
+
+Processes are started with PR_SET_PDEATHSIG, so they die with the test process even when it
+is SIGKILLed; a work dir left behind that way is removed by the next ``start()``.
+
 Typical use::
 
     plane = KubeControlPlane().start(crds=[...])
@@ -25,7 +34,8 @@ Typical use::
 Environment:
 
 * ``KUBETUNE_ENVTEST_BIN``: directory holding kube-apiserver / kube-controller-manager
-  (default ``<repo>/.cache/envtest/bin``).
+  (default ``$KUBETUNE_ENVTEST_DIR/bin``, and that defaults to ``<repo>/.cache/envtest``,
+  as in build.sh).
 * ``KUBETUNE_ENVTEST_ETCD``: etcd binary (default: ``etcd`` on PATH).
 * ``KUBETUNE_ENVTEST_KEEP=1``: keep the work dir (certs, data, logs) after ``stop()``.
 """
@@ -37,6 +47,7 @@ import base64
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -63,8 +74,7 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # Controllers run by kube-controller-manager (canonical names; the old short names such as
 # "garbagecollector" or "job" are accepted as aliases). There is no kubelet or scheduler, so
-# node-, volume- and endpoint-related controllers are left out (pod-garbage-collector would
-# also delete terminated pods that are bound to no node).
+# node-, volume-, endpoint- and pod-GC controllers are left out.
 DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "garbage-collector-controller",
     "namespace-controller",
@@ -124,6 +134,36 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_WORK_DIR_PREFIX = "kubetune-envtest-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) counts as dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _remove_stale_work_dirs(base: Path) -> None:
+    """Remove work dirs left behind by test processes that died without ``stop()``
+    (their components died with them, through PDEATHSIG)."""
+    for d in base.glob(_WORK_DIR_PREFIX + "*"):
+        try:
+            pid = int((d / "owner.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(pid):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _find_etcd() -> str:
     env = os.environ.get("KUBETUNE_ENVTEST_ETCD")
     if env:
@@ -138,7 +178,11 @@ def _find_etcd() -> str:
 
 
 def default_bin_dir() -> Path:
-    return Path(os.environ.get("KUBETUNE_ENVTEST_BIN", DEFAULT_BIN_DIR))
+    if os.environ.get("KUBETUNE_ENVTEST_BIN"):
+        return Path(os.environ["KUBETUNE_ENVTEST_BIN"])
+    if os.environ.get("KUBETUNE_ENVTEST_DIR"):  # build.sh's cache dir
+        return Path(os.environ["KUBETUNE_ENVTEST_DIR"]) / "bin"
+    return DEFAULT_BIN_DIR
 
 
 def binaries_present(bin_dir: Path | None = None) -> bool:
@@ -230,7 +274,9 @@ def _generate_certs(directory: Path) -> dict[str, Path]:
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -358,7 +404,9 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
             last_exc = exc
         if time.monotonic() > deadline:
             detail = f"; last error: {last_exc!r}" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message or predicate}{detail}")
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {message or predicate}{detail}"
+            )
         time.sleep(interval)
 
 
@@ -366,7 +414,9 @@ def _rfc3339(ts: datetime.datetime) -> str:
     return ts.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def pod_status_patch(pod, phase: str, exit_code: int | None = None, reason: str | None = None) -> dict:
+def pod_status_patch(
+    pod, phase: str, exit_code: int | None = None, reason: str | None = None
+) -> dict:
     """Status (as a kubelet would write it) for ``pod`` (a V1Pod or dict).
 
     ``phase`` is "Running", "Succeeded" or "Failed"; for the terminal phases every container
@@ -537,8 +587,10 @@ class KubeControlPlane:
             self.work_dir = Path(self._work_dir_arg)
             self.work_dir.mkdir(parents=True, exist_ok=True)
         else:
-            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-            self.work_dir = Path(tempfile.mkdtemp(prefix="kubetune-envtest-", dir=base))
+            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+            _remove_stale_work_dirs(Path(base))
+            self.work_dir = Path(tempfile.mkdtemp(prefix=_WORK_DIR_PREFIX, dir=base))
+            (self.work_dir / "owner.pid").write_text(str(os.getpid()))
         _LIVE_PLANES.add(self)
         try:
             self._start(etcd_bin, list(crds))
@@ -609,7 +661,7 @@ class KubeControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={self.etcd_url}",
-                f"--etcd-prefix=/registry",
+                "--etcd-prefix=/registry",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={api_port}",
@@ -663,8 +715,6 @@ class KubeControlPlane:
                 [
                     str(self.bin_dir / "kube-controller-manager"),
                     f"--kubeconfig={kcm_kubeconfig}",
-                    f"--authentication-kubeconfig={kcm_kubeconfig}",
-                    f"--authorization-kubeconfig={kcm_kubeconfig}",
                     "--bind-address=127.0.0.1",
                     f"--secure-port={kcm_port}",
                     f"--cert-dir={wd / 'kcm-certs'}",
@@ -833,6 +883,27 @@ class KubeControlPlane:
             body = pod_status_patch(pod, phase, exit_code=exit_code, reason=reason)
             return core.patch_namespaced_pod_status(name, namespace, body)
 
+    def request(
+        self, method: str, path: str, body=None, token: str | None = None, timeout: float = 60
+    ) -> tuple[int, dict]:
+        """Raw JSON request to the API server (admin unless ``token``): (status, body)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.admin_token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, {"raw": raw.decode(errors="replace")}
+
     # -- CRDs ---------------------------------------------------------------------------
 
     def apply_crds(self, paths: Iterable[str | os.PathLike], timeout: float = 60.0) -> list[str]:
@@ -840,44 +911,45 @@ class KubeControlPlane:
 
         Returns the CRD names.
         """
-        import kubernetes.client
-        from kubernetes.client.rest import ApiException
-
+        # KubeRay's CRDs are ~0.5 MB of JSON each: parse YAML with libyaml when available and
+        # talk raw HTTP (the generated client spends seconds validating/deserializing them).
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         names = []
-        with self.api_client() as client:
-            ext = kubernetes.client.ApiextensionsV1Api(client)
-            for path in paths:
-                with open(path) as fh:
-                    docs = [d for d in yaml.safe_load_all(fh) if d]
-                for doc in docs:
-                    if doc.get("kind") != "CustomResourceDefinition":
-                        continue
-                    name = doc["metadata"]["name"]
-                    doc.setdefault("apiVersion", "apiextensions.k8s.io/v1")
-                    doc.pop("status", None)
-                    try:
-                        ext.create_custom_resource_definition(doc, _request_timeout=60)
-                    except ApiException as exc:
-                        if exc.status != 409:
-                            raise ControlPlaneError(
-                                f"creating CRD {name} from {path}: {exc.status} {exc.body}"
-                            ) from exc
-                        current = ext.read_custom_resource_definition(name)
-                        doc["metadata"]["resourceVersion"] = current.metadata.resource_version
-                        ext.replace_custom_resource_definition(name, doc, _request_timeout=60)
-                    names.append(name)
-            deadline = time.monotonic() + timeout
-            pending = list(names)
-            while pending:
-                name = pending[0]
-                crd = ext.read_custom_resource_definition(name)
-                conds = {c.type: c.status for c in (crd.status.conditions or [])}
-                if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
-                    pending.pop(0)
+        for path in paths:
+            with open(path) as fh:
+                docs = [d for d in yaml.load_all(fh, Loader=loader) if d]
+            for doc in docs:
+                if doc.get("kind") != "CustomResourceDefinition":
                     continue
-                if time.monotonic() > deadline:
-                    raise ControlPlaneError(f"CRD {name} not Established after {timeout}s: {conds}")
-                time.sleep(0.1)
+                name = doc["metadata"]["name"]
+                doc.setdefault("apiVersion", "apiextensions.k8s.io/v1")
+                doc.pop("status", None)
+                status, body = self.request("POST", base, doc)
+                if status == 409:
+                    status, current = self.request("GET", f"{base}/{name}")
+                    if status == 200:
+                        doc["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                        status, body = self.request("PUT", f"{base}/{name}", doc)
+                if status not in (200, 201):
+                    raise ControlPlaneError(
+                        f"applying CRD {name} from {path}: HTTP {status} {body}"
+                    )
+                names.append(name)
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            name = pending[0]
+            status, crd = self.request("GET", f"{base}/{name}")
+            conds = {
+                c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []
+            }
+            if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRD {name} not Established after {timeout}s: {conds}")
+            time.sleep(0.05)
         return names
 
     # -- namespaces / service accounts ------------------------------------------------
@@ -955,9 +1027,7 @@ class KubeControlPlane:
                     if exc.status != 409:
                         raise
                 try:
-                    core.create_namespaced_service_account(
-                        namespace, {"metadata": {"name": name}}
-                    )
+                    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
                 except ApiException as exc:
                     if exc.status != 409:
                         raise

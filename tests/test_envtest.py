@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 
 import kubernetes.client
@@ -88,20 +89,32 @@ def test_raycluster_validated_by_kuberay_schema(kube, namespace):
         "ray.io", "v1", namespace, "rayclusters", copy.deepcopy(VALID_RAYCLUSTER)
     )
     assert created["metadata"]["uid"]
-    got = api.get_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", "raycluster-ok")
+    got = api.get_namespaced_custom_object(
+        "ray.io", "v1", namespace, "rayclusters", "raycluster-ok"
+    )
     assert got["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 4
 
-    # missing required fields (minReplicas/maxReplicas) and a wrongly typed replicas
+    # missing required fields (minReplicas/maxReplicas have schema defaults, these do not)
     bad = copy.deepcopy(VALID_RAYCLUSTER)
     bad["metadata"]["name"] = "raycluster-bad"
-    group = bad["spec"]["workerGroupSpecs"][0]
-    del group["minReplicas"], group["maxReplicas"]
-    group["replicas"] = "three"
+    del bad["spec"]["workerGroupSpecs"][0]["groupName"]
+    del bad["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["name"]
     with pytest.raises(ApiException) as err:
         api.create_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", bad)
     assert err.value.status == 422
-    body = err.value.body
-    assert "minReplicas" in body and "maxReplicas" in body and "replicas" in body
+    assert "spec.workerGroupSpecs[0].groupName: Required value" in err.value.body
+    assert "spec.headGroupSpec.template.spec.containers[0].name: Required value" in err.value.body
+    # ... and defaults are applied from the schema
+    assert created["spec"]["workerGroupSpecs"][0]["numOfHosts"] == 1
+
+    # a wrongly typed field
+    bad = copy.deepcopy(VALID_RAYCLUSTER)
+    bad["metadata"]["name"] = "raycluster-bad"
+    bad["spec"]["workerGroupSpecs"][0]["replicas"] = "three"
+    with pytest.raises(ApiException) as err:
+        api.create_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", bad)
+    assert err.value.status == 422
+    assert "spec.workerGroupSpecs[0].replicas in body must be of type integer" in err.value.body
 
     # unknown fields are rejected with strict field validation (and pruned without it)
     unknown = copy.deepcopy(VALID_RAYCLUSTER)
@@ -111,10 +124,9 @@ def test_raycluster_validated_by_kuberay_schema(kube, namespace):
         api.create_namespaced_custom_object(
             "ray.io", "v1", namespace, "rayclusters", unknown, field_validation="Strict"
         )
-    assert err.value.status == 422 and "notAField" in err.value.body
-    pruned = api.create_namespaced_custom_object(
-        "ray.io", "v1", namespace, "rayclusters", unknown
-    )
+    assert err.value.status == 400
+    assert 'unknown field "spec.headGroupSpec.notAField"' in json.loads(err.value.body)["message"]
+    pruned = api.create_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", unknown)
     assert "notAField" not in pruned["spec"]["headGroupSpec"]
 
 
@@ -143,13 +155,20 @@ def test_rbac_is_enforced_for_service_accounts(kube, namespace, tmp_path):
         namespace,
         {
             "metadata": {"name": "limited-pod-reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "pod-reader",
+            },
             "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": namespace}],
         },
     )
     # the RBAC authorizer reads bindings from an informer cache: allow it to catch up
-    wait_until(lambda: core.list_namespaced_pod(namespace) is not None, timeout=15,
-               message="pod list allowed after RoleBinding")
+    wait_until(
+        lambda: core.list_namespaced_pod(namespace) is not None,
+        timeout=15,
+        message="pod list allowed after RoleBinding",
+    )
     # still nothing beyond the Role
     with pytest.raises(ApiException) as err:
         core.list_namespaced_config_map(namespace)
@@ -238,9 +257,7 @@ def _job(name, backoff_limit=0):
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [
-                        {"name": "main", "image": "busybox:1.36", "command": ["true"]}
-                    ],
+                    "containers": [{"name": "main", "image": "busybox:1.36", "command": ["true"]}],
                 }
             },
         },
@@ -265,14 +282,20 @@ def test_job_controller_runs_jobs(kube, namespace, phase, exit_code, expected):
     name = f"job-{uuid.uuid4().hex[:6]}"
     batch.create_namespaced_job(namespace, _job(name))
 
-    pod = wait_until(lambda: _job_pod(core, namespace, name), timeout=30,
-                     message="the Job controller to create a pod")
+    pod = wait_until(
+        lambda: _job_pod(core, namespace, name),
+        timeout=30,
+        message="the Job controller to create a pod",
+    )
     assert pod.status.phase == "Pending"  # no scheduler, no kubelet
     assert pod.spec.service_account_name == "default"  # ServiceAccount admission ran
 
     kube.set_pod_phase(namespace, pod.metadata.name, "Running")
-    wait_until(lambda: batch.read_namespaced_job(name, namespace).status.active == 1, timeout=30,
-               message="job active=1")
+    wait_until(
+        lambda: batch.read_namespaced_job(name, namespace).status.active == 1,
+        timeout=30,
+        message="job active=1",
+    )
 
     kube.set_pod_phase(namespace, pod.metadata.name, phase, exit_code=exit_code)
 

@@ -3,7 +3,7 @@
 #   - kube-apiserver and kube-controller-manager, compiled from the k8s.io/kubernetes
 #     Go module (fetched through the Go module proxy), cached in <repo>/.cache/envtest/bin
 #   - etcd, from Debian's etcd-server package when it is not on PATH
-#   - openssl (certificate generation in tests/envtest.py)
+# (tests/envtest.py generates its certificates in Python with `cryptography`.)
 #
 # Idempotent: when the cached binaries exist and were built for the requested version,
 # nothing is rebuilt.
@@ -42,6 +42,13 @@ apt_install() {
   ${SUDO} apt-get install -y -qq --no-install-recommends "$@"
 }
 
+# One build at a time (e.g. several pytest-xdist workers calling this script at once).
+mkdir -p "${CACHE_DIR}"
+exec 9>"${CACHE_DIR}/.lock"
+if command -v flock >/dev/null 2>&1; then
+  flock 9
+fi
+
 # --- etcd -----------------------------------------------------------------------------
 if command -v etcd >/dev/null 2>&1; then
   log "etcd found: $(command -v etcd) ($(etcd --version 2>/dev/null | head -1))"
@@ -51,12 +58,6 @@ else
   # The package may start a system etcd on :2379 where an init system exists; the test
   # control plane uses its own random ports and data dir, so that does not matter.
   log "etcd installed: $(command -v etcd) ($(etcd --version 2>/dev/null | head -1))"
-fi
-
-# --- openssl --------------------------------------------------------------------------
-if ! command -v openssl >/dev/null 2>&1; then
-  log "openssl not on PATH; installing"
-  apt_install openssl
 fi
 
 # --- kube-apiserver / kube-controller-manager ----------------------------------------
@@ -85,7 +86,7 @@ mkdir -p "${BUILD_DIR}" "${BIN_DIR}"
 cd "${BUILD_DIR}"
 
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export GOFLAGS="${GOFLAGS:-}"
+export GOFLAGS=-mod=mod
 export CGO_ENABLED=0
 
 # Fetch k8s.io/kubernetes' own go.mod to learn its staging modules and Go version.
@@ -130,12 +131,11 @@ grep -q "k8s.io/kubernetes ${K8S_VERSION}" go.mod || {
   exit 1
 }
 
-BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 LDFLAGS="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LDFLAGS="${LDFLAGS} -X ${pkg}.gitVersion=${K8S_VERSION}"
   LDFLAGS="${LDFLAGS} -X ${pkg}.gitMajor=${MAJOR} -X ${pkg}.gitMinor=${MINOR}"
-  LDFLAGS="${LDFLAGS} -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${BUILD_DATE}"
+  LDFLAGS="${LDFLAGS} -X ${pkg}.gitTreeState=clean"
 done
 
 OUT_TMP="${BUILD_DIR}/out"
