@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.envtest_fixtures", "tests.operator_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -74,8 +76,14 @@ def s3_bucket(s3_server, monkeypatch):
     return endpoint, name, client
 
 
+# Every process this test session starts inherits this marker, so the leftover check below never
+# touches Ray processes of anything else running on the machine.
+SESSION_MARK = f"KUBETUNE_TEST_SESSION={os.getpid()}-{time.time_ns()}"
+os.environ[SESSION_MARK.split("=")[0]] = SESSION_MARK.split("=")[1]
+
+
 def _ray_processes() -> dict[int, str]:
-    """pid -> command line of Ray's processes on this machine (not zombies)."""
+    """pid -> command line of this session's Ray processes (not zombies)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -83,23 +91,25 @@ def _ray_processes() -> dict[int, str]:
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "stat").read_text().split(") ")[1][0]
+            if not ("gcs_server" in cmd or "raylet" in cmd or cmd.startswith("ray::")) or state == "Z":
+                continue
+            if SESSION_MARK.encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
-        if state != "Z" and ("gcs_server" in cmd or "raylet" in cmd or cmd.startswith("ray::")):
-            found[int(entry.name)] = cmd[:120]
+        found[int(entry.name)] = cmd[:120]
     return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_processes_left_behind():
-    """Tests leave no Ray processes behind: anything new at the end is killed and reported."""
-    before = set(_ray_processes())
+    """Tests leave no Ray processes behind: anything left at the end is killed and reported."""
     yield
     import signal
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        leftover = {p: c for p, c in _ray_processes().items() if p not in before}
+        leftover = _ray_processes()
         if not leftover:
             return
         time.sleep(0.5)

@@ -13,6 +13,17 @@ hands it to `fit`, which does the rest the kubetune way:
 * the same loop inside Ray Train workers (`distributed=True`): DistributedSampler shards, metrics
   averaged over all workers, rank 0 writes the checkpoint.
 
+Config keys understood by every seed built on this module:
+
+    dataset      mnist | fashion_mnist | cifar10 | digits | synthetic (see data.py)
+    smoke        true: a few dozen samples (`kubetune run --smoke`)
+    epochs       iterations to run (default: the experiment's maxIterations/maxT, else the seed's)
+    amp          true: mixed precision (bfloat16 autocast on CPU, float16 + GradScaler on CUDA)
+    deterministic  true: torch.use_deterministic_algorithms(True)
+    num_threads  torch CPU threads (default: the CPUs Ray gave the trial or worker)
+    data_seed    seed of the data split/generation (default 0, the same for every trial)
+    fail_at      raise an error at this iteration unless resumed: to try out failure.maxRetries
+
 Bringing your own model? Copy a seed (e.g. `cifar.py`) and change `build`; or don't use this
 module at all: all a trainable needs is `trial.load_state()` and `trial.report(...)`.
 """
@@ -125,8 +136,14 @@ def fit(
     *,
     state: dict[str, Any] | None | type[Ellipsis] = ...,
     distributed: bool = False,
+    prepare_loader: Callable[[DataLoader], DataLoader] | None = None,
 ) -> None:
-    """Train `recipe` for its epochs, resuming from `state` (default: `trial.load_state()`)."""
+    """Train `recipe` for its epochs, resuming from `state` (default: `trial.load_state()`).
+
+    `distributed`: shard the data with DistributedSampler and average metrics over the workers
+    (in a Ray Train worker); `prepare_loader` is applied to both data loaders (e.g.
+    `ray.train.torch.prepare_data_loader`).
+    """
     model, optimizer = recipe.model, recipe.optimizer
     amp = bool(config.get("amp", False))
     # GradScaler only for float16 on CUDA; bfloat16 (CPU) has float32's range and needs none.
@@ -141,11 +158,18 @@ def fit(
     seed = trial.context().seed or 0
     train_loader, train_sampler = _loader(recipe.train_set, recipe.batch_size, True, seed, distributed)
     val_loader, _ = _loader(recipe.val_set, max(recipe.batch_size, 256), False, seed, distributed)
+    if prepare_loader is not None:
+        train_loader, val_loader = prepare_loader(train_loader), prepare_loader(val_loader)
+
+    # Fault injection to try out `failure.maxRetries`: fail at this iteration, unless resumed.
+    fail_at = config.get("fail_at")
 
     for epoch in range(start, recipe.epochs):
+        if fail_at is not None and epoch + 1 == int(fail_at) and not state:
+            raise RuntimeError(f"failing at iteration {epoch + 1} as configured (fail_at)")
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every worker
-        elif isinstance(train_loader.generator, torch.Generator):
+        elif isinstance(getattr(train_loader, "generator", None), torch.Generator):
             train_loader.generator.manual_seed(seed + epoch)  # reproducible across resumes too
         train_loss = train_one_epoch(model, train_loader, optimizer, dev, recipe.loss_fn,
                                      amp=amp, scaler=scaler, max_samples=recipe.max_train_samples)

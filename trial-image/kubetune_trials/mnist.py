@@ -11,8 +11,10 @@ The model is the tutorial's tiny ConvNet, trained with SGD; the search space is 
       momentum: {uniform: {min: 0.1, max: 0.9}}
 
 Config keys: `lr` (0.01), `momentum` (0.5), `batch_size` (64), `epochs` (10 iterations),
-`epoch_size` (512 training samples per iteration, 0 for the whole set), `test_size` (256),
-`dataset` (mnist; or fashion_mnist, digits, synthetic), `smoke`, `amp`, `deterministic`.
+`epoch_size` (512 training samples per iteration, 0 for the whole set; digits and synthetic
+default to the whole set), `test_size` (256; likewise),
+`dataset` (mnist; or fashion_mnist, cifar10, digits, synthetic), and the shared keys of
+`common.py` (`smoke`, `amp`, `deterministic`, `fail_at`, ...).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from torch import nn, optim
 from kubetune_trials import common, data
 
 # The tutorial's budget per iteration: a fraction of MNIST, so that an iteration takes a moment.
+# The small datasets (digits: 1437 training images) are used whole.
 EPOCH_SIZE = 512
 TEST_SIZE = 256
+SMALL_DATASETS = ("digits", "synthetic")
 
 
 class ConvNet(nn.Module):
@@ -48,6 +52,7 @@ class ConvNet(nn.Module):
 def build(config: dict[str, Any], dev: torch.device) -> common.Recipe:
     """Model, optimiser and data for one trial's config."""
     opts = common.data_options(config, default_dataset="mnist")
+    small = opts["dataset"] in SMALL_DATASETS
     model = ConvNet().to(dev)
     optimizer = optim.SGD(model.parameters(), lr=config.get("lr", 0.01), momentum=config.get("momentum", 0.5))
     return common.Recipe(
@@ -59,8 +64,8 @@ def build(config: dict[str, Any], dev: torch.device) -> common.Recipe:
         batch_size=int(config.get("batch_size", 64)),
         report_as={"mean_accuracy": "accuracy"},
         loss_fn=F.nll_loss,  # the model outputs log-probabilities
-        max_train_samples=config.get("epoch_size", EPOCH_SIZE) or None,
-        max_val_samples=config.get("test_size", TEST_SIZE) or None,
+        max_train_samples=config.get("epoch_size", 0 if small else EPOCH_SIZE) or None,
+        max_val_samples=config.get("test_size", 0 if small else TEST_SIZE) or None,
     )
 
 

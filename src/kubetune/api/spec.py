@@ -109,12 +109,10 @@ class QRange(Range):
 
 
 class LogRange(Range):
-    """A range sampled uniformly in log space; both bounds must be positive."""
+    """A range sampled uniformly in log space (the base does not change the distribution); bounds positive."""
 
     min: float = Field(gt=0)
     """Lower bound (inclusive), greater than 0."""
-    base: float = Field(default=10, gt=1)
-    """Logarithm base."""
 
 
 class QLogRange(LogRange):
@@ -167,8 +165,6 @@ class LogIntRange(IntRange):
 
     min: int = Field(ge=1)
     """Lower bound (inclusive), at least 1."""
-    base: float = Field(default=10, gt=1)
-    """Logarithm base."""
 
 
 class QLogIntRange(LogIntRange):

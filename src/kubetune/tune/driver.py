@@ -31,6 +31,9 @@ RAY_ENV_DEFAULTS = {
     # (bench/), the state is small and uploaded in the background.
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # A reused actor waits this long for the previous trial's thread (a DDP trial's clean-up takes
+    # more than Ray's 2 s; past it Tune starts a fresh actor and logs a warning).
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10",
     "RAY_DEDUP_LOGS": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
 }
@@ -92,6 +95,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
+    # Ray announces its (default, kept) token authentication on every start; it is not news to a user.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, **kwargs)
     else:

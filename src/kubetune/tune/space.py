@@ -37,14 +37,14 @@ def build_domain(param: Parameter, grid_as_choice: bool = False) -> Any:
     builders: dict[str, Callable[[], Any]] = {
         "uniform": lambda: tune.uniform(b.min, b.max),
         "quniform": lambda: tune.quniform(b.min, b.max, b.q),
-        "loguniform": lambda: tune.loguniform(b.min, b.max, b.base),
-        "qloguniform": lambda: tune.qloguniform(b.min, b.max, b.q, b.base),
+        "loguniform": lambda: tune.loguniform(b.min, b.max),
+        "qloguniform": lambda: tune.qloguniform(b.min, b.max, b.q),
         "randn": lambda: tune.randn(b.mean, b.sd),
         "qrandn": lambda: tune.qrandn(b.mean, b.sd, b.q),
         "randint": lambda: tune.randint(b.min, b.max + 1),  # Ray's upper bound is exclusive
         "qrandint": lambda: tune.qrandint(b.min, b.max, b.q),  # ... and inclusive here
-        "lograndint": lambda: tune.lograndint(b.min, b.max + 1, b.base),
-        "qlograndint": lambda: tune.qlograndint(b.min, b.max, b.q, b.base),
+        "lograndint": lambda: tune.lograndint(b.min, b.max + 1),
+        "qlograndint": lambda: tune.qlograndint(b.min, b.max, b.q),
         "choice": lambda: tune.choice(list(b)),
         "grid": lambda: tune.choice(list(b)) if grid_as_choice else tune.grid_search(list(b)),
         "powersOfTwo": lambda: tune.choice(b.values()),
