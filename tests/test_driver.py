@@ -88,7 +88,7 @@ def test_missing_bucket_is_named(s3_bucket):
         run_experiment(exp)
 
 
-def test_s3_checkpoints_results_and_restore(ray_local, s3_bucket, tmp_path):
+def test_s3_checkpoints_results_and_restore(ray_local, s3_server, s3_bucket, tmp_path):
     endpoint, bucket, client = s3_bucket
     exp = load_experiment(doc(
         "s3exp", "tests.trainables:counter", {"x": {"grid": [1, 2]}},
@@ -107,6 +107,13 @@ def test_s3_checkpoints_results_and_restore(ray_local, s3_bucket, tmp_path):
     # the checkpoint the best trial points at is really there
     ckpt_prefix = best["checkpoint"][len(f"s3://{bucket}/"):]
     assert any(k.startswith(ckpt_prefix) for k in keys)
+
+    # Ray pickles the storage filesystem into the experiment state it uploads: no credential may ride along
+    _, env = s3_server
+    for key in keys:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert env["AWS_SECRET_ACCESS_KEY"].encode() not in body, key
+        assert env["AWS_ACCESS_KEY_ID"].encode() not in body, key
 
     again = run_experiment(exp)
     assert again.restored and again.status == "succeeded"

@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +26,11 @@ from kubetune.api.spec import API_GROUP, API_VERSION, PLURAL, TuneExperiment
 from kubetune.tune.tracking import Snapshot
 
 log = logging.getLogger("kubetune.driver")
+
+# Set by the operator on the driver Job (see kubetune.controller.builders.build_driver_job).
+JOIN_ENV = "KUBETUNE_JOIN_RAY_CLUSTER"
+STATUS_INTERVAL_ENV = "KUBETUNE_STATUS_INTERVAL"
+JOIN_TIMEOUT_ENV = "KUBETUNE_JOIN_TIMEOUT"
 
 
 def status_fields(snapshot: Snapshot, results_uri: str | None = None) -> dict[str, Any]:
@@ -79,6 +87,70 @@ class StatusPatcher:
                 log.warning("could not patch the status of %s/%s: %s", self.namespace, self.name, exc)
 
 
+class RayNode:
+    """This pod as a Ray node without CPUs or GPUs, joined to the cluster at `address` while the driver runs.
+
+    A Ray driver needs a raylet on its own machine: `ray.init(address=<head>:6379)` from a pod that is not
+    a Ray node finds none. Joining with no resources keeps trials off the driver pod, keeps the whole Ray
+    API (Ray Client would move Tune's controller, and with it the status callbacks, onto the head), and
+    lets the driver retry until the head is up, e.g. while a deleted RayCluster is being recreated.
+    `ray start --block` watches its processes and, through Ray's reaper, takes them down when it dies.
+    """
+
+    READY_LINE = "Ray runtime started."
+
+    def __init__(self, address: str, timeout_s: float = 600.0):
+        self.address, self.timeout_s = address, timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def ray_cli() -> list[str]:
+        beside = os.path.join(os.path.dirname(sys.executable), "ray")
+        found = beside if os.access(beside, os.X_OK) else shutil.which("ray")
+        return [found] if found else [sys.executable, "-m", "ray.scripts.scripts"]
+
+    def start(self) -> None:
+        cmd = self.ray_cli() + ["start", f"--address={self.address}", "--num-cpus=0", "--num-gpus=0",
+                                "--block", "--disable-usage-stats"]
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            tail: list[str] = []
+            for line in proc.stdout:  # type: ignore[union-attr]
+                tail = (tail + [line.rstrip()])[-20:]
+                if self.READY_LINE in line:
+                    self.proc = proc
+                    threading.Thread(target=self._drain, daemon=True).start()
+                    log.info("joined the Ray cluster at %s as a node without resources", self.address)
+                    return
+            proc.wait()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not join the Ray cluster at {self.address} in {self.timeout_s:g} s:\n"
+                                   + "\n".join(tail))
+            log.info("the Ray head at %s is not reachable yet (attempt %d); retrying", self.address, attempt)
+            time.sleep(min(10.0, 2.0 * attempt))
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            log.debug("ray node: %s", line.rstrip())
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # ray start --block drains and stops the node's processes
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_driver_experiment(path: str, name: str | None, namespace: str | None) -> TuneExperiment:
     """A TuneExperiment document, or just a spec plus --name (as the operator's ConfigMap holds)."""
     docs = read_documents(path)
@@ -109,7 +181,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     name = experiment.metadata.name
     namespace = args.namespace or experiment.metadata.namespace or "default"
-    patcher = StatusPatcher(name, namespace) if args.patch_status else None
+    interval = float(os.environ.get(STATUS_INTERVAL_ENV) or 5.0)
+    patcher = StatusPatcher(name, namespace, interval_s=interval) if args.patch_status else None
 
     def progress_line(snapshot: Snapshot) -> None:
         from kubetune.tune.progress import summary_line
@@ -120,6 +193,15 @@ def main(args: argparse.Namespace) -> int:
             log.info(summary_line(snapshot))
 
     sinks = [progress_line] + ([patcher] if patcher else [])
+    node = None
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if _truthy(os.environ.get(JOIN_ENV)) and address and not address.startswith("ray://"):
+        node = RayNode(address, timeout_s=float(os.environ.get(JOIN_TIMEOUT_ENV) or 600))
+        try:
+            node.start()
+        except RuntimeError as exc:
+            print(f"kubetune driver: {exc}", file=sys.stderr)
+            return 1
     try:
         outcome = run_experiment(experiment, sinks=sinks, address=args.address)
     except SpecError as exc:
@@ -128,6 +210,12 @@ def main(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"kubetune driver: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if node is not None:
+            import ray
+
+            ray.shutdown()  # disconnect before the node this driver runs on goes away
+            node.stop()
     if patcher:
         patcher.patch(status_fields(outcome.snapshot, outcome.results_uri))
     print(json.dumps({"status": outcome.status, "message": outcome.message, "results": outcome.results_uri}))

@@ -78,18 +78,24 @@ def read_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
     return creds
 
 
-def s3_filesystem(storage: Storage, env: dict[str, str] | None = None) -> pafs.S3FileSystem:
-    creds = read_credentials(env)
+def export_credentials() -> None:
+    """Put credentials from a mounted Secret directory into this process's environment.
+
+    The filesystem is then built *without* explicit keys: Ray pickles it into the experiment
+    state it writes to storage and ships it to every trial, and a pickled S3FileSystem carries
+    any keys it was given. Without them it carries none, and each process (driver, Ray workers
+    started afterwards, trial pods with the Secret as environment) reads its own.
+    """
+    for key, value in read_credentials().items():
+        os.environ.setdefault(key, value)
+
+
+def s3_filesystem(storage: Storage) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {
         "connect_timeout": 5,
         "request_timeout": 20,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
     }
-    if creds.get("AWS_ACCESS_KEY_ID"):
-        kwargs["access_key"] = creds["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = creds.get("AWS_SECRET_ACCESS_KEY", "")
-        if creds.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = creds["AWS_SESSION_TOKEN"]
     if storage.endpoint:
         parsed = urlparse(storage.endpoint)
         kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
@@ -101,14 +107,15 @@ def s3_filesystem(storage: Storage, env: dict[str, str] | None = None) -> pafs.S
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve_storage(storage: Storage, override: str | None = None, env: dict[str, str] | None = None) -> ResolvedStorage:
+def resolve_storage(storage: Storage, override: str | None = None) -> ResolvedStorage:
     """The spec's storage (or an override URI/path) as something Ray can write to."""
     uri = override or storage.uri or DEFAULT_LOCAL_ROOT
     if uri.startswith("s3://"):
+        export_credentials()
         effective = storage.model_copy(update={"uri": uri})
         parsed = urlparse(uri)
         root = f"{parsed.netloc}{parsed.path}".rstrip("/")
-        return ResolvedStorage(root=root, filesystem=s3_filesystem(effective, env), uri=uri.rstrip("/"), endpoint=storage.endpoint)
+        return ResolvedStorage(root=root, filesystem=s3_filesystem(effective), uri=uri.rstrip("/"), endpoint=storage.endpoint)
     local = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
     return ResolvedStorage(root=str(local), filesystem=None, uri=str(local))
 

@@ -1,0 +1,154 @@
+"""Thin kopf handlers: every trigger runs the same idempotent reconcile (reconcile.py).
+
+* `tuneexperiment_create` / `_resume` / `_update` (spec): reconcile; an invalid spec is a
+  `kopf.PermanentError` (fixed only by a new spec), a missing storage Secret a `kopf.TemporaryError`
+  retried every KUBETUNE_SECRET_RETRY_SECONDS until it appears.
+* `raycluster_event` / `job_event`: any change of a child (KubeRay marking it ready, the Job
+  completing, a hand edit or deletion) reconciles its owner at once.
+* `tuneexperiment_resync`: a periodic safety net. Being a timer, it makes kopf put its finalizer
+  (`kubetune.io/finalizer`) on experiments; kopf removes it on deletion, also when the experiment was
+  deleted while the operator was down and it comes back. The children go by ownerReferences and GC.
+
+Handlers are registered per call of `register()`, into a registry of their own, so the settings
+(timer interval, backoffs) are read once at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+import kopf
+
+from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kubetune.controller import builders, metrics
+from kubetune.controller.kube import Kube
+from kubetune.controller.reconcile import reconcile, reconcile_by_name
+from kubetune.controller.settings import Settings
+
+log = logging.getLogger("kubetune.operator")
+
+
+def configure_kopf(ks: kopf.OperatorSettings) -> None:
+    """kopf's own bookkeeping under the kubetune.io group; one standalone operator, no peering."""
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key="last-handled-configuration")
+    ks.persistence.finalizer = f"{API_GROUP}/finalizer"
+    ks.peering.standalone = True
+    # The operator posts its own events on each transition; kopf's per-handler events would repeat them.
+    ks.posting.enabled = False
+    # Watch only the Jobs and RayClusters kubetune made (server-side selectors), not the whole cluster's.
+    ks.watching.label_selectors["batch", "jobs"] = builders.LABEL_EXPERIMENT
+    ks.watching.label_selectors["ray.io", "rayclusters"] = builders.LABEL_EXPERIMENT
+
+
+def owner_of(body: Any) -> str | None:
+    """The TuneExperiment that controls a child: its owner reference, else its label."""
+    meta = body.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{API_GROUP}/") and ref.get("controller"):
+            return ref.get("name")
+    return (meta.get("labels") or {}).get(builders.LABEL_EXPERIMENT)
+
+
+def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
+             registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    registry = registry or kopf.OperatorRegistry()
+    clients: dict[str, Kube] = {}
+
+    def kube() -> Kube:
+        if "kube" not in clients:
+            clients["kube"] = kube_factory()
+        return clients["kube"]
+
+    def run(body: Any, trigger: str):
+        try:
+            plan = reconcile(kube(), body, settings)
+        except Exception:
+            metrics.RECONCILES.labels(trigger, "error").inc()
+            raise
+        metrics.RECONCILES.labels(trigger, "ok").inc()
+        return plan
+
+    def reconcile_or_raise(body: Any, trigger: str) -> None:
+        plan = run(body, trigger)
+        if plan is None:
+            return
+        if plan.permanent:
+            raise kopf.PermanentError(f"invalid spec: {plan.permanent}")
+        if plan.retry_after:
+            raise kopf.TemporaryError(plan.status.get("message") or "waiting", delay=plan.retry_after)
+
+    resource = (API_GROUP, API_VERSION, PLURAL)
+    backoff = settings.error_backoff_seconds
+
+    @kopf.on.login(id="operator_login", registry=registry)
+    def operator_login(**kwargs: Any) -> Any:
+        # The pod's service account, else KUBECONFIG: the same credentials as the adapter's client.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(id="operator_startup", registry=registry)
+    def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings)
+
+    @kopf.on.create(*resource, id="tuneexperiment_create", backoff=backoff, registry=registry)
+    def tuneexperiment_create(body: Any, **_: Any) -> None:
+        reconcile_or_raise(body, "create")
+
+    @kopf.on.resume(*resource, id="tuneexperiment_resume", backoff=backoff, registry=registry)
+    def tuneexperiment_resume(body: Any, **_: Any) -> None:
+        reconcile_or_raise(body, "resume")
+
+    @kopf.on.update(*resource, id="tuneexperiment_update", field="spec", backoff=backoff, registry=registry)
+    def tuneexperiment_update(body: Any, **_: Any) -> None:
+        reconcile_or_raise(body, "update")
+
+    if settings.resync_seconds > 0:
+        @kopf.timer(*resource, id="tuneexperiment_resync", interval=settings.resync_seconds,
+                    initial_delay=settings.resync_seconds, registry=registry)
+        def tuneexperiment_resync(name: str, namespace: str, **_: Any) -> None:
+            by_name(namespace, name, "resync")  # invalid specs are reported by the handlers above
+
+    retries: dict[tuple[str, str], threading.Timer] = {}
+    retries_lock = threading.Lock()
+
+    def by_name(namespace: str, name: str, trigger: str) -> None:
+        """Reconcile outside kopf's handlers (no kopf retries there): log errors, schedule the waits."""
+        try:
+            plan = reconcile_by_name(kube(), namespace, name, settings)
+            metrics.RECONCILES.labels(trigger, "ok").inc()
+        except Exception as exc:  # the next event, or the resync, tries again; other experiments go on
+            metrics.RECONCILES.labels(trigger, "error").inc()
+            log.warning("reconciling %s/%s after a %s event failed: %s", namespace, name, trigger, exc)
+            return
+        if plan is not None and plan.retry_after:
+            retry_later(namespace, name, plan.retry_after)
+
+    def retry_later(namespace: str, name: str, delay: float) -> None:
+        # e.g. the driver's ServiceAccount is missing when KubeRay reports the cluster ready: look again soon.
+        key = (namespace, name)
+        with retries_lock:
+            if key in retries and retries[key].is_alive():
+                return
+            timer = threading.Timer(delay, lambda: (retries.pop(key, None), by_name(namespace, name, "retry")))
+            timer.daemon = True
+            retries[key] = timer
+            timer.start()
+
+    def child_event(body: Any, namespace: str | None, trigger: str) -> None:
+        owner = owner_of(body)
+        if owner and namespace:
+            by_name(namespace, owner, trigger)
+
+    @kopf.on.event("ray.io", "v1", "rayclusters", id="raycluster_event",
+                   labels={builders.LABEL_EXPERIMENT: kopf.PRESENT}, registry=registry)
+    def raycluster_event(body: Any, namespace: str | None, **_: Any) -> None:
+        child_event(body, namespace, "raycluster")
+
+    @kopf.on.event("batch", "v1", "jobs", id="job_event",
+                   labels={builders.LABEL_EXPERIMENT: kopf.PRESENT}, registry=registry)
+    def job_event(body: Any, namespace: str | None, **_: Any) -> None:
+        child_event(body, namespace, "job")
+
+    return registry

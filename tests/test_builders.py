@@ -1,0 +1,478 @@
+"""The operator's pure parts, without a cluster: settings, manifest builders, phases and conditions."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.load import load_spec
+from kubetune.api.status import Phase, Reason
+from kubetune.controller import builders, phases
+from kubetune.controller.settings import Settings, SettingsError, settings_table
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+
+
+def spec_of(**overrides):
+    spec = {
+        "trainable": {"entrypoint": "kubetune_trials.mnist:train", "config": {"dataset": "digits"}},
+        "objective": {"metric": "mean_accuracy", "mode": "max"},
+        "parameters": {"lr": {"loguniform": {"min": 0.001, "max": 0.1}}},
+        "search": {"numSamples": 4},
+    }
+    spec.update(overrides)
+    return load_spec(spec)
+
+
+GPU_CLUSTER = {
+    "head": {"cpu": "2", "memory": "8Gi", "nodeSelector": {"pool": "system"}},
+    "workerGroups": [
+        {"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 4, "cpu": "8", "memory": "32Gi", "gpu": 2,
+         "nodeSelector": {"nvidia.com/gpu.present": "true"},
+         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        {"name": "amd", "replicas": 1, "gpu": 1, "gpuResource": "amd.com/gpu"},
+    ],
+    "enableAutoscaling": True,
+}
+S3 = {"uri": "s3://bucket/prefix", "endpoint": "http://minio:9000", "secretRef": "s3-credentials"}
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_come_from_kubetune_variables_and_name_them_when_wrong():
+    settings = Settings.from_env({"KUBETUNE_NAMESPACES": "team-a, team-b", "KUBETUNE_DRIVER_BACKOFF_LIMIT": "5",
+                                  "KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH": "false", "KUBETUNE_TRIAL_IMAGE": "me/trial:1"})
+    assert settings.namespaces == ("team-a", "team-b") and not settings.clusterwide
+    assert settings.driver_backoff_limit == 5 and settings.delete_ray_cluster_on_finish is False
+    assert settings.trial_image == "me/trial:1"
+    assert Settings.from_env({}).clusterwide
+    assert Settings.from_env({"KUBETUNE_NAMESPACES": "x"}, namespaces=("y",)).namespaces == ("y",)
+    with pytest.raises(SettingsError, match="KUBETUNE_PROBE_PORT"):
+        Settings.from_env({"KUBETUNE_PROBE_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH"):
+        Settings.from_env({"KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH": "maybe"})
+    with pytest.raises(SettingsError, match="KUBETUNE_RAY_AUTH_MODE"):
+        Settings.from_env({"KUBETUNE_RAY_AUTH_MODE": "password"})
+
+
+def test_the_operator_refuses_a_bad_setting_at_start_naming_it():
+    import subprocess
+    import sys
+
+    kubetune = Path(sys.executable).parent / "kubetune"
+    result = subprocess.run([str(kubetune), "operator"], env={"KUBETUNE_PROBE_PORT": "http", "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "KUBETUNE_PROBE_PORT='http'" in result.stderr
+
+
+def test_every_setting_is_documented_in_the_operator_readme():
+    readme = (ROOT / "operator" / "README.md").read_text()
+    assert settings_table() in readme, "operator/README.md: paste the output of kubetune.controller.settings.settings_table()"
+    deployment = (ROOT / "operator" / "deployment.yaml").read_text()
+    for variable in re.findall(r"name: (KUBETUNE_\w+)", deployment):
+        assert f"`{variable}`" in settings_table(), f"deployment.yaml sets {variable}, which is no setting"
+
+
+# ---------------------------------------------------------------- names and labels
+
+
+def test_names_are_derived_and_fit_kubernetes_limits():
+    longest = "x" * 40  # the longest name the model accepts
+    spec = spec_of()
+    assert builders.ray_cluster_name(longest) == longest
+    assert builders.head_service_name(longest) == f"{longest}-head-svc"
+    # The Job controller names pods <job>-<5 chars> and labels them with the Job's name (<= 63).
+    assert len(builders.driver_job_name(longest, spec)) + 6 <= 63
+    assert builders.selector("exp", "driver") == "kubetune.io/experiment=exp,kubetune.io/component=driver"
+    labels = builders.labels("exp", "head")
+    assert labels["kubetune.io/experiment"] == "exp" and labels["kubetune.io/component"] == "head"
+    assert labels["app.kubernetes.io/name"] == "kubetune" and labels["app.kubernetes.io/instance"] == "exp"
+
+
+def test_a_run_is_the_spec_the_driver_reads():
+    base = spec_of()
+    same = [spec_of(suspend=True), spec_of(cleanup={"deleteRayClusterOnFinish": False}),
+            spec_of(rayCluster={"workerGroups": [{"name": "more", "replicas": 3}]})]
+    assert {builders.run_hash(s) for s in same} == {builders.run_hash(base)}
+    assert builders.run_hash(spec_of(search={"numSamples": 8})) != builders.run_hash(base)
+
+
+# ---------------------------------------------------------------- the children
+
+
+def test_configmap_holds_the_normalised_spec_and_no_secret():
+    spec = spec_of(storage=S3)
+    cm = builders.build_configmap("exp", "ns", spec)
+    assert cm["metadata"]["name"] == "exp-spec" and cm["metadata"]["labels"]["kubetune.io/component"] == "spec"
+    assert json.loads(cm["data"]["spec.json"]) == spec.dump()
+    assert json.loads(cm["data"]["spec.json"])["storage"]["secretRef"] == "s3-credentials"
+
+
+def test_raycluster_has_head_worker_groups_gpus_scheduling_autoscaling_metrics_and_credentials_by_reference():
+    settings = Settings(trial_image="me/trial:1", ray_metrics_port=8080)
+    rc = builders.build_raycluster("exp", "ns", spec_of(rayCluster=GPU_CLUSTER, storage=S3), settings)
+    assert (rc["apiVersion"], rc["kind"], rc["metadata"]["name"]) == ("ray.io/v1", "RayCluster", "exp")
+    spec = rc["spec"]
+    assert spec["rayVersion"] == "2.60.0" and spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == settings.autoscaler_idle_timeout_seconds
+    assert spec["authOptions"] == {"mode": "token"}
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0", "with workers, trials stay off the head"
+    assert head["rayStartParams"]["metrics-export-port"] == "8080"
+    head_pod = head["template"]["spec"]
+    assert head_pod["nodeSelector"] == {"pool": "system"}
+    head_container = head_pod["containers"][0]
+    assert head_container["image"] == "me/trial:1"
+    assert {p["name"]: p["containerPort"] for p in head_container["ports"]} == {
+        "gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+    assert head["template"]["metadata"]["labels"]["kubetune.io/component"] == "head"
+
+    gpu, amd = spec["workerGroupSpecs"]
+    assert (gpu["groupName"], gpu["replicas"], gpu["minReplicas"], gpu["maxReplicas"]) == ("gpu", 1, 0, 4)
+    resources = gpu["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "2"
+    assert resources["limits"]["cpu"] == "8" and resources["limits"]["memory"] == "32Gi"
+    assert gpu["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["template"]["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert gpu["template"]["metadata"]["labels"]["kubetune.io/component"] == "worker"
+    assert amd["template"]["spec"]["containers"][0]["resources"]["limits"]["amd.com/gpu"] == "1"
+
+    for container in [head_container] + [g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]]:
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
+            "secretKeyRef": {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"}}}
+        assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        assert all("value" not in e for e in container["env"])
+
+
+def test_raycluster_without_workers_or_autoscaling_or_auth():
+    rc = builders.build_raycluster("exp", "ns", spec_of(), Settings(ray_auth_mode="disabled"))
+    assert "num-cpus" not in rc["spec"]["headGroupSpec"]["rayStartParams"], "no workers: trials run on the head"
+    assert rc["spec"]["workerGroupSpecs"] == [] and "autoscalerOptions" not in rc["spec"]
+    assert "authOptions" not in rc["spec"]
+    assert rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] == []
+
+
+def test_raycluster_hash_follows_the_cluster_spec_only():
+    settings = Settings()
+    hash_of = lambda spec: builders.build_raycluster("exp", "ns", spec, settings)["metadata"]["annotations"]["kubetune.io/spec-hash"]
+    assert hash_of(spec_of()) == hash_of(spec_of(search={"numSamples": 9}))
+    assert hash_of(spec_of()) != hash_of(spec_of(rayCluster=GPU_CLUSTER))
+
+
+def test_images_prefer_the_experiment_then_the_operator_default():
+    settings = Settings(trial_image="default:1")
+    own = spec_of(trainable={"entrypoint": "pkg.mod:fn", "image": "mine:2"})
+    both = spec_of(trainable={"entrypoint": "pkg.mod:fn", "image": "mine:2"}, rayCluster={"image": "ray:3"})
+    assert builders.ray_image(spec_of(), settings) == builders.driver_image(spec_of(), settings) == "default:1"
+    assert builders.ray_image(own, settings) == builders.driver_image(own, settings) == "mine:2"
+    assert (builders.ray_image(both, settings), builders.driver_image(both, settings)) == ("ray:3", "mine:2")
+
+
+def test_driver_job_runs_kubetune_driver_on_the_mounted_spec_joining_the_head():
+    settings = Settings(driver_backoff_limit=4, status_interval_seconds=2.5, trial_image="me/trial:1")
+    job = builders.build_driver_job("exp", "ns", spec_of(storage=S3), settings)
+    assert job["metadata"]["name"] == builders.driver_job_name("exp", spec_of(storage=S3))
+    assert job["metadata"]["labels"]["kubetune.io/component"] == "driver"
+    assert job["spec"]["backoffLimit"] == 4
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "driver", "operator": "In", "values": [2]}}
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "kubetune-driver"
+    assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "driver"
+    container = pod["containers"][0]
+    assert container["command"] + container["args"] == [
+        "kubetune", "driver", "--spec", "/etc/kubetune/spec.json", "--name", "exp", "--namespace", "ns", "--patch-status"]
+    assert container["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kubetune", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "spec", "configMap": {"name": "exp-spec"}}]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_ADDRESS"]["value"] == "exp-head-svc:6379"
+    assert env["KUBETUNE_JOIN_RAY_CLUSTER"]["value"] == "true"
+    assert env["KUBETUNE_STATUS_INTERVAL"]["value"] == "2.5"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "exp", "key": "auth_token"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+
+
+def test_cleanup_default_applies_only_when_the_experiment_does_not_say():
+    keep = Settings(delete_ray_cluster_on_finish=False)
+    assert builders.delete_ray_cluster_on_finish(spec_of(), keep) is False
+    assert builders.delete_ray_cluster_on_finish(spec_of(), Settings()) is True
+    assert builders.delete_ray_cluster_on_finish(spec_of(cleanup={"deleteRayClusterOnFinish": True}), keep) is True
+    assert builders.delete_ray_cluster_on_finish(spec_of(cleanup={"deleteRayClusterOnFinish": False}), Settings()) is False
+
+
+# ---------------------------------------------------------------- what children say
+
+
+def rc_with(state=None, conditions=(), reason=None, deleting=False):
+    status = {k: v for k, v in {"state": state, "reason": reason, "conditions": list(conditions)}.items() if v}
+    meta = {"name": "exp", **({"deletionTimestamp": NOW} if deleting else {})}
+    return {"metadata": meta, "status": status}
+
+
+def cond(type_, status, reason="R", message=""):
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": NOW}
+
+
+def test_raycluster_state_reads_kuberay():
+    assert phases.raycluster_state(None).kind == "missing"
+    assert phases.raycluster_state(rc_with(deleting=True)).kind == "deleting"
+    assert phases.raycluster_state(rc_with()).kind == "pending"
+    assert phases.raycluster_state(rc_with("ready")).kind == "ready"
+    assert phases.raycluster_state(rc_with(None, [cond("HeadPodReady", "True")])).kind == "ready"
+    # A restarted head: state stays "ready" and RayClusterProvisioned stays True, HeadPodReady says no.
+    restarted = rc_with("ready", [cond("RayClusterProvisioned", "True"), cond("HeadPodReady", "False", message="head restarting")])
+    assert phases.raycluster_state(restarted).kind == "pending" and "head restarting" in phases.raycluster_state(restarted).message
+    failed = phases.raycluster_state(rc_with("failed", reason="exceeded quota: compute"))
+    assert failed.kind == "failed" and failed.reason == "RayClusterFailed" and "exceeded quota" in failed.message
+    replica = phases.raycluster_state(rc_with(None, [cond("RayClusterReplicaFailure", "True", "FailedCreateHeadPod", "forbidden")]))
+    assert replica.kind == "pending" and "FailedCreateHeadPod: forbidden" in replica.message
+
+
+def job_with(conditions=(), **status):
+    return {"metadata": {"name": "exp-driver-1"}, "status": {**status, "conditions": list(conditions)}}
+
+
+def test_job_state_reads_the_job_controller():
+    assert phases.job_state(None).kind == "missing"
+    assert phases.job_state(job_with([cond("Complete", "True")])).kind == "succeeded"
+    failed = phases.job_state(job_with([cond("Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]))
+    assert failed.kind == "failed" and "BackoffLimitExceeded" in failed.message
+    assert phases.job_state(job_with(active=1, ready=1)).kind == "running"
+    starting = phases.job_state(job_with(active=1, failed=2))
+    assert starting.kind == "pending" and "after 2 failed pod(s)" in starting.message
+
+
+def test_a_condition_keeps_its_transition_time_while_its_status_holds():
+    conditions = phases.set_condition([], "SpecValid", True, "Valid", "ok", NOW, 1)
+    conditions = phases.set_condition(conditions, "SpecValid", True, "Valid", "still ok", LATER, 2)
+    assert conditions == [{"type": "SpecValid", "status": "True", "reason": "Valid", "message": "still ok",
+                           "lastTransitionTime": NOW, "observedGeneration": 2}]
+    conditions = phases.set_condition(conditions, "SpecValid", False, "InvalidSpec", "bad", LATER, 3)
+    assert conditions[0]["lastTransitionTime"] == LATER
+
+
+def test_status_patch_carries_only_changes_and_clears_with_none():
+    old = {"phase": "Succeeded", "completionTime": NOW, "trials": {"total": 2}}
+    assert phases.status_patch(old, {"phase": "Succeeded", "completionTime": NOW}) == {}
+    assert phases.status_patch(old, {"phase": "Provisioning", "completionTime": None}) == {
+        "phase": "Provisioning", "completionTime": None}
+
+
+# ---------------------------------------------------------------- plans
+
+
+class World:
+    """Applies a plan's actions to an in-memory namespace, as the API server would."""
+
+    def __init__(self, spec, settings=None, **observed):
+        self.spec, self.settings = spec, settings or Settings()
+        self.status: dict = {}
+        self.configmap = None
+        self.raycluster = None
+        self.jobs: dict[str, dict] = {}
+        self.secret = observed.get("secret", True)
+        self.sa = observed.get("sa", True)
+        self.generation = 1
+
+    def observation(self, now=NOW):
+        jobs = list(self.jobs.values())
+        current = builders.driver_job_name("exp", self.spec)
+        return phases.Observation(
+            name="exp", namespace="ns", uid="uid-1", generation=self.generation, status=dict(self.status), now=now,
+            spec=self.spec, secret_exists=self.secret if self.spec.storage.secret_ref else None,
+            configmap=self.configmap, raycluster=self.raycluster, jobs=jobs,
+            driver_service_account_exists=None if current in self.jobs else self.sa)
+
+    def step(self, now=NOW):
+        plan = phases.plan(self.observation(now), self.settings)
+        for action in plan.actions:
+            body = json.loads(json.dumps(action.body)) if action.body else None
+            if action.verb.startswith("create_"):  # what kopf.adopt adds in reconcile.apply_action
+                body["metadata"]["ownerReferences"] = [builders.owner_reference("exp", "uid-1")]
+            if action.verb == "create_configmap":
+                self.configmap = body
+            elif action.verb == "patch_configmap":
+                self.configmap["data"] = body["data"]
+            elif action.verb == "create_raycluster":
+                self.raycluster = body
+            elif action.verb == "delete_raycluster":
+                self.raycluster = None
+            elif action.verb == "create_job":
+                self.jobs[action.name] = body
+            elif action.verb == "delete_job":
+                self.jobs.pop(action.name)
+        self.status.update({k: v for k, v in plan.status.items()})
+        self.status = {k: v for k, v in self.status.items() if v is not None}
+        return plan
+
+    def verbs(self, plan):
+        return [a.verb for a in plan.actions]
+
+
+def condition(status, type_):
+    return phases.get_condition(status, type_)
+
+
+def test_plan_invalid_spec_fails_permanently_and_touches_nothing():
+    from kubetune.api.errors import FieldIssue
+
+    obs = phases.Observation(name="exp", namespace="ns", generation=1, status={}, now=NOW,
+                             issues=[FieldIssue("spec.scheduler.maxT", "must be at least gracePeriod (5), got 2")])
+    plan = phases.plan(obs, Settings())
+    assert plan.actions == [] and plan.permanent and "spec.scheduler.maxT" in plan.permanent
+    assert plan.status["phase"] == Phase.FAILED and "spec.scheduler.maxT" in plan.status["message"]
+    assert condition(plan.status, "SpecValid")["reason"] == "InvalidSpec"
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "InvalidSpec")]
+    # Seen again (e.g. after a restart): no second event.
+    again = phases.plan(phases.Observation(name="exp", namespace="ns", generation=1, status=plan.status, now=LATER,
+                                           issues=obs.issues), Settings())
+    assert again.events == []
+
+
+def test_plan_a_whole_life_is_idempotent_at_every_step():
+    world = World(spec_of(storage=S3), secret=False)
+    plan = world.step()
+    assert world.verbs(plan) == [] and plan.retry_after and world.status["phase"] == Phase.PENDING
+    assert condition(world.status, "StorageReady")["reason"] == "SecretNotFound"
+    assert [r for _, r, _ in plan.events] == ["SecretNotFound"]
+
+    world.secret = True
+    plan = world.step()
+    assert world.verbs(plan) == ["create_configmap", "create_raycluster"]
+    assert world.status["phase"] == Phase.PROVISIONING and world.status["startTime"] == NOW
+    assert world.verbs(world.step()) == [], "the same observation plans nothing more"
+
+    world.raycluster["status"] = {"state": "ready"}
+    plan = world.step(LATER)
+    assert world.verbs(plan) == ["create_job"] and world.status["phase"] == Phase.RUNNING
+    assert world.verbs(world.step(LATER)) == []
+    assert world.status["startTime"] == NOW
+
+    job = next(iter(world.jobs.values()))
+    job["status"] = {"active": 1, "ready": 1}
+    world.step(LATER)
+    assert condition(world.status, "DriverRunning")["status"] == "True"
+    job["status"] = {"conditions": [cond("Complete", "True")], "succeeded": 1}
+    plan = world.step(LATER)
+    assert world.verbs(plan) == ["delete_raycluster"] and world.status["phase"] == Phase.SUCCEEDED
+    assert world.status["completionTime"] == LATER
+    assert condition(world.status, "Complete")["status"] == "True"
+    assert world.verbs(world.step(LATER)) == [] and world.status["phase"] == Phase.SUCCEEDED
+
+
+def test_plan_raised_num_samples_continues_a_finished_experiment():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    old_job = next(iter(world.jobs))
+    world.jobs[old_job]["status"] = {"conditions": [cond("Complete", "True")]}
+    world.step()
+    assert world.status["phase"] == Phase.SUCCEEDED and world.raycluster is None
+
+    world.spec, world.generation = spec_of(search={"numSamples": 8}), 2
+    plan = world.step(LATER)
+    assert sorted(world.verbs(plan)) == ["create_raycluster", "delete_job", "patch_configmap"]
+    assert world.status["phase"] == Phase.PROVISIONING and "completionTime" not in world.status
+    assert [r for _, r, _ in plan.events] == ["Resumed"]
+    assert json.loads(world.configmap["data"]["spec.json"])["search"]["numSamples"] == 8
+    world.raycluster["status"] = {"state": "ready"}
+    plan = world.step(LATER)
+    assert world.verbs(plan) == ["create_job"] and old_job not in world.jobs
+    assert world.status["driverJobName"] == next(iter(world.jobs))
+
+
+def test_plan_the_new_driver_waits_for_the_old_one_to_stop():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs.values()))
+    world.jobs.clear()  # the Job was deleted by hand, its pod still runs
+    obs = world.observation()
+    obs.driver_pods = [{"metadata": {"name": "p", "labels": job["metadata"]["labels"]}, "status": {"phase": "Running"}}]
+    plan = phases.plan(obs, world.settings)
+    assert "create_job" not in world.verbs(plan)
+    assert condition(plan.status, "DriverRunning")["reason"] == Reason.WAITING_FOR_PREVIOUS_DRIVER
+    assert world.verbs(world.step()) == ["create_job"], "recreated once the pod is gone"
+
+
+def test_plan_suspend_removes_cluster_and_driver_and_resume_starts_them_again():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    world.spec = spec_of(suspend=True)
+    plan = world.step()
+    assert sorted(world.verbs(plan)) == ["delete_job", "delete_raycluster"] and world.status["phase"] == Phase.SUSPENDED
+    assert world.configmap is not None
+    world.spec = spec_of()
+    plan = world.step(LATER)
+    assert world.verbs(plan) == ["create_raycluster"] and [r for _, r, _ in plan.events] == ["Resumed"]
+    assert world.status["startTime"] == NOW
+
+
+def test_plan_failed_raycluster_and_failed_driver():
+    world = World(spec_of(cleanup={"deleteRayClusterOnFinish": False}))
+    world.step()
+    world.raycluster["status"] = {"state": "failed", "reason": "exceeded quota"}
+    plan = world.step()
+    assert world.status["phase"] == Phase.FAILED and world.verbs(plan) == []
+    assert condition(world.status, "RayClusterReady")["reason"] == "RayClusterFailed"
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "RayClusterFailed")]
+
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    next(iter(world.jobs.values()))["status"] = {"conditions": [cond("Failed", "True", "BackoffLimitExceeded")]}
+    plan = world.step()
+    assert world.status["phase"] == Phase.FAILED and world.verbs(plan) == ["delete_raycluster"]
+    assert condition(world.status, "Complete")["reason"] == "DriverFailed"
+
+
+def test_plan_goal_reached_and_missing_service_account():
+    world = World(spec_of(objective={"metric": "mean_accuracy", "mode": "max", "goal": 0.9}), sa=False)
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    plan = world.step()
+    assert world.jobs == {} and plan.retry_after
+    assert condition(world.status, "DriverRunning")["reason"] == Reason.SERVICE_ACCOUNT_NOT_FOUND
+    assert ("Warning", Reason.SERVICE_ACCOUNT_NOT_FOUND) in [(t, r) for t, r, _ in plan.events]
+    world.sa = True
+    world.step()
+    world.status["bestTrial"] = {"id": "t", "metric": 0.95}
+    next(iter(world.jobs.values()))["status"] = {"conditions": [cond("Complete", "True")]}
+    world.step()
+    assert condition(world.status, "Complete")["reason"] == "GoalReached"
+
+
+def test_plan_repairs_labels_and_owner_of_a_hand_edited_child():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["metadata"]["labels"].pop("kubetune.io/experiment")
+    world.raycluster["metadata"]["ownerReferences"] = []
+    world.raycluster["spec"]["workerGroupSpecs"] = [{"groupName": "scaled", "replicas": 7}]  # left alone
+    plan = world.step()
+    repair = [a for a in plan.actions if a.verb == "repair"]
+    assert [a.kind for a in repair] == ["RayCluster"]
+    rc_repair = next(a for a in repair if a.kind == "RayCluster").body["metadata"]
+    assert rc_repair["labels"] == {"kubetune.io/experiment": "exp"}
+    assert rc_repair["ownerReferences"][0]["uid"] == "uid-1" and rc_repair["ownerReferences"][0]["controller"] is True
+    assert "patch_raycluster" not in world.verbs(plan)
+
+
+def test_owner_of_a_child_prefers_its_owner_reference():
+    from kubetune.controller.handlers import owner_of
+
+    ref = builders.owner_reference("exp", "uid")
+    assert owner_of({"metadata": {"ownerReferences": [ref], "labels": {"kubetune.io/experiment": "other"}}}) == "exp"
+    assert owner_of({"metadata": {"labels": {"kubetune.io/experiment": "exp"}}}) == "exp"
+    assert owner_of({"metadata": {}}) is None
