@@ -103,7 +103,11 @@ def asha_vs_fifo(rounds: int) -> None:
     from kubetune.api import load_experiment_file
     from kubetune.tune.driver import run_experiment
 
-    print("== ASHA against FIFO on examples/quickstart.yaml")
+    from kubetune.tune.trainable import import_entrypoint
+
+    print("== ASHA against FIFO on examples/quickstart.yaml (FIFO: the same file with scheduler fifo)")
+    # warm-up: the driver imports the trainable (torch) once; not timed
+    import_entrypoint(load_experiment_file(ROOT / "examples" / "quickstart.yaml").spec.trainable.entrypoint)
     stats: dict[str, list[tuple[float, int, float]]] = {"asha": [], "fifo": []}
     for r in range(rounds):
         for name, overrides in (("fifo", ["spec.scheduler={type: fifo}"]), ("asha", [])):

@@ -7,10 +7,9 @@ The same code runs behind `kubetune run` (an embedded Ray on this machine) and `
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from kubetune.api.spec import TuneExperiment, TuneExperimentSpec
@@ -35,12 +34,7 @@ RAY_ENV_DEFAULTS = {
     # more than Ray's 2 s; past it Tune starts a fresh actor and logs a warning).
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10",
     "RAY_DEDUP_LOGS": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
 }
-
-
-class ExperimentFailed(Exception):
-    """The experiment ran but cannot succeed; the message is for the user."""
 
 
 @dataclass
@@ -52,9 +46,7 @@ class Outcome:
     snapshot: Snapshot
     experiment_uri: str
     restored: bool
-    goal_reached_by: str | None = None
     results_uri: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> TrialRecord | None:
@@ -85,6 +77,19 @@ def importable_cwd() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *parts])
 
 
+class _TempFileSyncRace(logging.Filter):
+    """Drop Ray's warning about a sync that raced an atomic write of the experiment state.
+
+    Saving the state after every step (TUNE_GLOBAL_CHECKPOINT_S=0) means a background upload can
+    list a `-tmp-` file that the next save renames away; that upload fails, the next one copies the
+    complete state. The warning is a traceback about a file nobody needs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("Last sync command failed" in text and "FileNotFoundError" in text and "-tmp-" in text)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Connect to `address` (a cluster) or start an embedded Ray; True if this call started it."""
     for key, value in RAY_ENV_DEFAULTS.items():
@@ -95,6 +100,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
+    logging.getLogger("ray.train._internal.syncer").addFilter(_TempFileSyncRace())
     # Ray announces its (default, kept) token authentication on every start; it is not news to a user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
@@ -240,7 +246,7 @@ def _conclude(spec: TuneExperimentSpec, snapshot: Snapshot, stopper: ObjectiveSt
         return Outcome("failed", f"all {counts['error']} trial(s) failed; first error: {first}", snapshot, uri, restored)
     if stopper.goal_reached_by is not None and spec.stop.on_goal == "experiment":
         return Outcome("succeeded", f"trial {stopper.goal_reached_by} reached the goal {metric} = {spec.objective.goal}",
-                       snapshot, uri, restored, goal_reached_by=stopper.goal_reached_by)
+                       snapshot, uri, restored)
     budget_s = spec.stop.time_budget_seconds
     if budget_s is not None and snapshot.elapsed_s >= budget_s * 0.98 and snapshot.best is not None:
         return Outcome("succeeded", f"time budget of {budget_s:g} s used; {counts['terminated']} trial(s) finished",
@@ -270,11 +276,3 @@ def _write_results(storage: ResolvedStorage, name: str, spec: TuneExperimentSpec
     doc = results_document(name, spec, outcome)
     storage.write_json(f"{name}/{RESULTS_FILE}", doc)
     storage.write_json(f"{name}/{BEST_FILE}", doc["bestTrial"])
-
-
-def read_results(storage: ResolvedStorage, name: str) -> dict[str, Any] | None:
-    return storage.read_json(f"{name}/{RESULTS_FILE}")
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))

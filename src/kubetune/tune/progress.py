@@ -80,7 +80,9 @@ class LiveProgress:
         )
         running = [t for t in snapshot.trials if t.state == "running"][:8]
         table = trials_table(running, snapshot.metric, title=None) if running else Text("")
-        return Group(Table.grid().add_row(bar, head) or Table.grid(), states, best_line, table)
+        header = Table.grid()
+        header.add_row(bar, head)
+        return Group(header, states, best_line, table)
 
 
 def trials_table(trials: list[TrialRecord], metric: str, title: str | None = "Trials") -> Table:
