@@ -51,7 +51,8 @@ def dry_run(kube, path: str, body: dict) -> tuple[int, dict]:
 
 
 def reasons(cluster: Cluster, name: str) -> list[str]:
-    events = sorted(cluster.events(name), key=lambda e: e.get("firstTimestamp") or e["metadata"]["creationTimestamp"])
+    # Timestamps have whole seconds; on this single etcd the resourceVersion gives the creation order.
+    events = sorted(cluster.events(name), key=lambda e: int(e["metadata"]["resourceVersion"]))
     return [e["reason"] for e in events]
 
 
