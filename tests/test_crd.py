@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import yaml
 
 from kubetune.api import reference
 from kubetune.api.crd import crd, crd_yaml
