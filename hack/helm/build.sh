@@ -2,6 +2,8 @@
 # Build (or reuse) `helm`, compiled from the helm.sh/helm/v3 Go module (fetched through the Go
 # module proxy) at a pinned version, cached in <repo>/.cache/helm/bin. The chart tests
 # (tests/test_chart.py) run it; so can you: .cache/helm/bin/helm lint charts/kubetune
+# Also copies the Prometheus Operator's ServiceMonitor and PodMonitor CRDs, from its Go module at a
+# pinned version, into <repo>/.cache/helm/crds: the test API server validates the chart's monitors.
 #
 # Idempotent: when the cached binary exists and was built for the requested version, nothing
 # is rebuilt.
@@ -13,6 +15,7 @@
 set -euo pipefail
 
 HELM_VERSION="${KUBETUNE_HELM_VERSION:-v3.22.0}"
+PROMETHEUS_OPERATOR_VERSION="${KUBETUNE_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
@@ -31,11 +34,6 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-if [ -x "${BIN_DIR}/helm" ] && [ -f "${STAMP}" ] && [ "$(cat "${STAMP}")" = "${HELM_VERSION}" ]; then
-  log "helm ${HELM_VERSION} already built in ${BIN_DIR} (took $(elapsed))"
-  exit 0
-fi
-
 if [ -z "${GO:-}" ]; then
   if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
 fi
@@ -43,9 +41,37 @@ if [ ! -x "${GO}" ]; then
   echo "[helm/build] ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
   exit 1
 fi
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+# --- monitoring CRDs (ServiceMonitor, PodMonitor) -----------------------------------------
+CRD_DIR="${CACHE_DIR}/crds"
+CRD_STAMP="${CRD_DIR}/VERSION"
+if [ ! -f "${CRD_STAMP}" ] || [ "$(cat "${CRD_STAMP}")" != "${PROMETHEUS_OPERATOR_VERSION}" ]; then
+  log "go mod download github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}"
+  PO_DIR="$("${GO}" mod download -json "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  if [ -z "${PO_DIR}" ] || [ ! -d "${PO_DIR}/example/prometheus-operator-crd" ]; then
+    echo "[helm/build] ERROR: could not download prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" >&2
+    exit 1
+  fi
+  rm -rf "${CRD_DIR}"
+  mkdir -p "${CRD_DIR}"
+  for kind in servicemonitors podmonitors; do
+    cp "${PO_DIR}/example/prometheus-operator-crd/monitoring.coreos.com_${kind}.yaml" "${CRD_DIR}/"
+  done
+  cp "${PO_DIR}/LICENSE" "${CRD_DIR}/LICENSE"
+  chmod -R u+w "${CRD_DIR}"
+  echo "${PROMETHEUS_OPERATOR_VERSION}" > "${CRD_STAMP}"
+  log "monitoring CRDs ${PROMETHEUS_OPERATOR_VERSION} in ${CRD_DIR}"
+fi
+
+# --- helm -------------------------------------------------------------------------------
+if [ -x "${BIN_DIR}/helm" ] && [ -f "${STAMP}" ] && [ "$(cat "${STAMP}")" = "${HELM_VERSION}" ]; then
+  log "helm ${HELM_VERSION} already built in ${BIN_DIR} (took $(elapsed))"
+  exit 0
+fi
 log "building helm ${HELM_VERSION} with $("${GO}" version)"
 
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export CGO_ENABLED=0
 # `go install pkg@version` builds the module with its own go.mod (no replace directives in
 # Helm's), outside any workspace; the binary lands in a temp dir first so a failed build never
