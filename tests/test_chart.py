@@ -308,53 +308,83 @@ def _get(kube, path: str) -> dict[str, Any] | None:
 
 @pytest.mark.kube
 def test_helm_install_upgrade_uninstall(kube, tmp_path, capsys):
+    """Install, then play kubelet for the operator pod: run its command with the pod's env and service
+    account token, until kopf's /healthz answers and the Deployment is available; the operator, with
+    only the chart's RBAC, takes an experiment from there. Then upgrade and uninstall."""
+    from tests.operator_fixtures import Cluster, OperatorProcess, experiment_manifest, free_port
+
     h = Helm(kube.admin_kubeconfig)
-    release, namespace = "kubetune", f"kt-{time.time_ns() % 10**8}"
-    team = kube.create_namespace(wait_for_default_sa=False)
+    # Its own release name: the operator tests' RBAC (release `kubetune`, tests/operator_fixtures.py) stays apart.
+    release, namespace = "kt-chart", f"kt-chart-{time.time_ns() % 10**8}"
+    name = f"{release}-kubetune-operator"
+    team = kube.create_namespace()
     t0 = time.monotonic()
     h.install(release, namespace, {"driverRBAC": {"namespaces": [team]}})
     installed = time.monotonic() - t0
+    op = None
     try:
         # The controllers take it from there: Deployment -> ReplicaSet -> Pod (Pending: there is no kubelet).
-        def pod():
+        def operator_pod():
             _, pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=app.kubernetes.io/component%3Doperator")
             return (pods.get("items") or [None])[0]
 
-        created = wait_until(pod, timeout=60, interval=0.1, message="the operator pod")
+        pod = wait_until(operator_pod, timeout=60, interval=0.1, message="the operator pod")
+        pod_created = time.monotonic() - t0
+        (container,) = pod["spec"]["containers"]
+        assert container["command"] == ["kubetune", "operator"] and pod["spec"]["serviceAccountName"] == name
+        env = {e["name"]: e["value"] for e in container["env"]}
+        env.update(KUBETUNE_METRICS_PORT=str(free_port()), KUBETUNE_RESYNC_SECONDS="5", KUBETUNE_SECRET_RETRY_SECONDS="1")
+        kubeconfig = kube.service_account_kubeconfig(namespace, name, tmp_path / "operator.kubeconfig")
+        op = OperatorProcess(kubeconfig, tmp_path / "operator.log", None, env).start()
+        kube.set_pod_phase(namespace, pod["metadata"]["name"], "Running")
+        wait_until(lambda: (_get(kube, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}") or {})
+                   .get("status", {}).get("availableReplicas") == 1, timeout=60, interval=0.1, message="the Deployment available")
         ready = time.monotonic() - t0
-        assert created["spec"]["serviceAccountName"] == "kubetune-operator"
-        assert _get(kube, f"/api/v1/namespaces/{namespace}/serviceaccounts/kubetune-operator")
-        assert _get(kube, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kubetune-operator")
         assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/rolebindings/kubetune-driver")
-        # The built-in `edit` role picked up kubetune-edit (kube-controller-manager's aggregation).
+        # The operator, with the chart's ClusterRole only, takes an experiment in a namespace it was never told of.
+        cluster = Cluster(kube, team)
+        try:
+            cluster.create(experiment_manifest("chart"))
+            wait_until(lambda: cluster.rayclusters("chart"), timeout=60, interval=0.2,
+                       message=f"the RayCluster of the experiment\n{op.tail()}")
+            cluster.delete("chart")
+            wait_until(lambda: cluster.get("chart") is None, timeout=60, interval=0.2, message="the experiment gone")
+        finally:
+            cluster.close()
+        # The built-in `edit` role picked up <fullname>-edit (kube-controller-manager's aggregation).
         wait_until(lambda: any("kubetune.io" in r.get("apiGroups", []) for r in
                                (_get(kube, "/apis/rbac.authorization.k8s.io/v1/clusterroles/edit") or {}).get("rules", [])),
                    timeout=30, interval=0.2, message="edit to aggregate kubetune-edit")
         status = json.loads(h("status", release, "--namespace", namespace, "--output", "json").stdout)
         assert status["info"]["status"] == "deployed" and "kubectl get tunex -w" in status["info"]["notes"]
         with capsys.disabled():
-            print(f"\n[chart] helm install {installed:.1f}s; install -> operator pod created {ready:.1f}s")
-
-        # Upgrade: a setting changes the Deployment; namespaced mode swaps the ClusterRole for Roles.
-        h.upgrade(release, namespace, {"driverRBAC": {"namespaces": [team]}, "watchNamespaces": [team],
-                                       "operator": {"logLevel": "DEBUG"}})
-        deployment = _get(kube, f"/apis/apps/v1/namespaces/{namespace}/deployments/kubetune-operator")
-        assert _env(deployment)["KUBETUNE_LOG_LEVEL"] == "DEBUG" and _env(deployment)["KUBETUNE_NAMESPACES"] == team
-        assert _get(kube, "/apis/rbac.authorization.k8s.io/v1/clusterroles/kubetune-operator") is None
-        assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/roles/kubetune-operator")
-        history = json.loads(h("history", release, "--namespace", namespace, "--output", "json").stdout)
-        assert [r["revision"] for r in history] == [1, 2]
-        # A bad value is refused before anything changes.
-        proc = h("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
-                 "--set", "operator.logLevel=LOUD", check=False)
-        assert proc.returncode != 0 and "/operator/logLevel" in proc.stderr
+            print(f"\n[chart] helm install {installed:.1f}s; -> operator pod created {pod_created:.1f}s; "
+                  f"-> operator live and Deployment available {ready:.1f}s")
     finally:
-        h.uninstall(release, namespace)
-    for path in (f"/apis/apps/v1/namespaces/{namespace}/deployments/kubetune-operator",
-                 f"/api/v1/namespaces/{namespace}/serviceaccounts/kubetune-operator",
-                 f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/roles/kubetune-operator",
+        if op:
+            op.stop()
+
+    # Upgrade: a setting changes the Deployment; namespaced mode swaps the ClusterRole for Roles.
+    h.upgrade(release, namespace, {"driverRBAC": {"namespaces": [team]}, "watchNamespaces": [team],
+                                   "operator": {"logLevel": "DEBUG"}})
+    deployment = _get(kube, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    assert _env(deployment)["KUBETUNE_LOG_LEVEL"] == "DEBUG" and _env(deployment)["KUBETUNE_NAMESPACES"] == team
+    assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}") is None
+    assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/roles/{name}")
+    history = json.loads(h("history", release, "--namespace", namespace, "--output", "json").stdout)
+    assert [r["revision"] for r in history] == [1, 2]
+    # A bad value is refused before anything changes.
+    proc = h("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
+             "--set", "operator.logLevel=LOUD", check=False)
+    assert proc.returncode != 0 and "/operator/logLevel" in proc.stderr
+    assert len(json.loads(h("history", release, "--namespace", namespace, "--output", "json").stdout)) == 2
+
+    h.uninstall(release, namespace)
+    for path in (f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                 f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
+                 f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/roles/{name}",
                  f"/api/v1/namespaces/{team}/serviceaccounts/kubetune-driver",
-                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/kubetune-edit"):
+                 f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{release}-kubetune-edit"):
         assert _get(kube, path) is None, f"{path} left after helm uninstall"
     # Helm never deletes a CRD from crds/ (that would delete every experiment): it stays.
     assert _get(kube, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tuneexperiments.kubetune.io")

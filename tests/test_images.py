@@ -22,7 +22,8 @@ import pytest
 
 from tests.envtest import REPO_ROOT
 
-pytestmark = [pytest.mark.images, pytest.mark.slow]
+# The first test waits for the build: a cold one downloads gigabytes (pytest's default timeout is 900 s).
+pytestmark = [pytest.mark.images, pytest.mark.slow, pytest.mark.timeout(3 * 3600)]
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "images" / "build.sh"
 CACHE = Path(os.environ.get("KUBETUNE_IMAGES_DIR", REPO_ROOT / ".cache" / "images"))
