@@ -332,7 +332,7 @@ def test_helm_install_upgrade_uninstall(kube, tmp_path, capsys):
         pod_created = time.monotonic() - t0
         (container,) = pod["spec"]["containers"]
         assert container["command"] == ["kubetune", "operator"] and pod["spec"]["serviceAccountName"] == name
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
         env.update(KUBETUNE_METRICS_PORT=str(free_port()), KUBETUNE_RESYNC_SECONDS="5", KUBETUNE_SECRET_RETRY_SECONDS="1")
         kubeconfig = kube.service_account_kubeconfig(namespace, name, tmp_path / "operator.kubeconfig")
         op = OperatorProcess(kubeconfig, tmp_path / "operator.log", None, env).start()

@@ -28,12 +28,17 @@ pytestmark = [pytest.mark.images, pytest.mark.slow, pytest.mark.timeout(3 * 3600
 BUILD_SCRIPT = REPO_ROOT / "hack" / "images" / "build.sh"
 CACHE = Path(os.environ.get("KUBETUNE_IMAGES_DIR", REPO_ROOT / ".cache" / "images"))
 TAG = os.environ.get("KUBETUNE_IMAGE_TAG", "dev")
-STORE = ["--root", str(CACHE / "storage"), "--runroot", str(CACHE / "run"), "--storage-driver", "vfs"]
 UID = "1000"
 
 
+def store() -> list[str]:
+    """The store build.sh used (overlay where it can mount one, else vfs; it writes which)."""
+    driver = (CACHE / "DRIVER").read_text().strip()
+    return ["--root", str(CACHE / f"storage-{driver}"), "--runroot", str(CACHE / f"run-{driver}"), "--storage-driver", driver]
+
+
 def buildah(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["buildah", *STORE, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(["buildah", *store(), *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"buildah {' '.join(args)} failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
     return proc

@@ -3,8 +3,8 @@
 #   1. a stand-in for the base image docker.io/library/python:3.11-slim-bookworm, made from Debian's
 #      packages with debootstrap (minbase bookworm + python3.11 + pip) and committed into a local
 #      buildah store, so that `buildah bud --pull=never` finds it and pulls nothing;
-#   2. `buildah bud --target operator|trial` of the Dockerfile (vfs storage, chroot isolation:
-#      no daemon, no overlay mounts, no crun);
+#   2. `buildah bud --target operator|trial` of the Dockerfile (chroot isolation: no daemon, no
+#      crun, which fails on this host's hybrid cgroups);
 #   3. each image exported as an OCI archive: <cache>/kubetune-operator.tar, kubetune-trial.tar.
 #
 #   bash hack/images/build.sh [operator|trial|base]...   (default: operator trial)
@@ -17,6 +17,7 @@
 # Environment:
 #   KUBETUNE_IMAGES_DIR   cache dir: buildah store, archives (default <repo>/.cache/images)
 #   KUBETUNE_IMAGE_TAG    tag of the built images (default: dev)
+#   KUBETUNE_BUILDAH_DRIVER  storage driver: overlay where the kernel lets us mount it (probed), else vfs
 #   DEBIAN_MIRROR         mirror for debootstrap (default http://deb.debian.org/debian)
 set -euo pipefail
 
@@ -54,9 +55,29 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-# One store of our own: vfs needs no overlay support (this host has none for unprivileged
-# layers), and a separate root never clashes with a system store configured for another driver.
-STORE=(--root "${CACHE_DIR}/storage" --runroot "${CACHE_DIR}/run" --storage-driver vfs)
+# One store of our own, so it never clashes with a system store configured for another driver.
+# overlay stores each layer as a diff; vfs (which needs no mount support at all) stores every layer as
+# a full copy of the root filesystem: for the trial image (~7 GB) with a dozen steps, ~80 GB. So
+# overlay wherever a test mount works, vfs otherwise; the store is per driver.
+probe_overlay() {
+  local d
+  d="$(mktemp -d)"
+  mkdir -p "${d}/l" "${d}/u" "${d}/w" "${d}/m"
+  if ${SUDO} mount -t overlay overlay -o "lowerdir=${d}/l,upperdir=${d}/u,workdir=${d}/w" "${d}/m" 2>/dev/null; then
+    ${SUDO} umount "${d}/m"
+    rm -rf "${d}"
+    return 0
+  fi
+  rm -rf "${d}"
+  return 1
+}
+DRIVER="${KUBETUNE_BUILDAH_DRIVER:-}"
+if [ -z "${DRIVER}" ]; then
+  if probe_overlay; then DRIVER=overlay; else DRIVER=vfs; fi
+fi
+log "buildah storage driver: ${DRIVER}"
+echo "${DRIVER}" > "${CACHE_DIR}/DRIVER"  # for tests/test_images.py
+STORE=(--root "${CACHE_DIR}/storage-${DRIVER}" --runroot "${CACHE_DIR}/run-${DRIVER}" --storage-driver "${DRIVER}")
 bah() { ${SUDO} buildah "${STORE[@]}" "$@"; }
 
 image_id() { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null | head -1; }
