@@ -245,18 +245,24 @@ def _resource_paths(kube) -> dict[tuple[str, str], tuple[str, bool]]:
     return found
 
 
+def _collection(kube, doc: dict[str, Any], paths: dict | None = None) -> str:
+    """The URL path to POST `doc` to."""
+    paths = paths or _resource_paths(kube)
+    key = (doc["apiVersion"], doc["kind"])
+    assert key in paths, f"the API server serves no {key}"
+    plural, namespaced = paths[key]
+    base = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
+    ns = doc["metadata"].get("namespace")
+    assert bool(ns) == namespaced, f"{doc['kind']} {doc['metadata']['name']}: namespace {ns!r}"
+    return f"{base}/namespaces/{ns}/{plural}" if namespaced else f"{base}/{plural}"
+
+
 def server_dry_run(kube, docs: list[dict[str, Any]]) -> list[str]:
     """Create each object with dryRun=All and strict field validation; the API server's complaints."""
     paths = _resource_paths(kube)
     errors = []
     for doc in docs:
-        key = (doc["apiVersion"], doc["kind"])
-        assert key in paths, f"the API server serves no {key}"
-        plural, namespaced = paths[key]
-        base = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
-        ns = doc["metadata"].get("namespace")
-        assert bool(ns) == namespaced, f"{doc['kind']} {doc['metadata']['name']}: namespace {ns!r}"
-        path = f"{base}/namespaces/{ns}/{plural}" if namespaced else f"{base}/{plural}"
+        path = _collection(kube, doc, paths)
         status, body = kube.request("POST", f"{path}?dryRun=All&fieldValidation=Strict", doc)
         if status not in (200, 201):
             errors.append(f"{doc['kind']} {doc['metadata']['name']}: HTTP {status} {body.get('message', body)}")
@@ -390,3 +396,30 @@ def test_helm_install_upgrade_uninstall(kube, tmp_path, capsys):
     assert _get(kube, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tuneexperiments.kubetune.io")
     kube.delete_namespace(team)
     kube.delete_namespace(namespace)
+
+
+@pytest.mark.kube
+def test_namespaced_operator_can_do_nothing_outside_its_namespaces(kube):
+    """The negative control of tests/test_operator_kube.py's namespaced runs: the same RBAC, refused elsewhere."""
+    watched, other = kube.create_namespace(wait_for_default_sa=False), kube.create_namespace(wait_for_default_sa=False)
+    release, namespace = "kt-scope", kube.create_namespace(wait_for_default_sa=False)
+    try:
+        docs = render({"watchNamespaces": [watched], "driverRBAC": {"create": False}, "rbac": {"aggregateToDefaultRoles": False}},
+                      namespace=namespace, release=release)
+        assert not server_dry_run(kube, docs)
+        for doc in docs:
+            if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+                status, body = kube.request("POST", _collection(kube, doc), doc)
+                assert status == 201, body
+        token = kube.service_account_token(namespace, f"{release}-kubetune-operator", create=False)
+        wait_until(lambda: kube.request("GET", f"/apis/kubetune.io/v1alpha1/namespaces/{watched}/tuneexperiments", token=token)[0] == 200,
+                   timeout=30, interval=0.2, message="the Role to take effect")
+        for path in (f"/apis/kubetune.io/v1alpha1/namespaces/{other}/tuneexperiments",
+                     "/apis/kubetune.io/v1alpha1/tuneexperiments",
+                     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                     f"/api/v1/namespaces/{watched}/secrets"):
+            status, _ = kube.request("GET", path, token=token)
+            assert status == 403, f"the namespaced operator may GET {path}"
+    finally:
+        for ns in (watched, other, namespace):
+            kube.delete_namespace(ns)
