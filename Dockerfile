@@ -7,7 +7,9 @@
 #
 # Layer order keeps rebuilds cheap: the dependencies (read from pyproject.toml alone) come first,
 # the source last, so a source change reinstalls only kubetune itself (seconds), not torch. The pip
-# cache mount keeps downloads between builds out of the image.
+# cache mount keeps downloads between builds out of the image; PIP_FIND_LINKS (a build ARG, only in
+# the build's environment) points pip at a local wheel dir when the builder mounts one
+# (hack/images/build.sh does).
 
 ARG PYTHON_VERSION=3.11
 
@@ -22,6 +24,7 @@ WORKDIR /opt/kubetune
 COPY pyproject.toml hack/images/requirements.py ./
 
 FROM base AS operator
+ARG PIP_FIND_LINKS
 RUN --mount=type=cache,target=/root/.cache/pip \
     python requirements.py pyproject.toml operator > /tmp/requirements.txt \
  && pip install --requirement /tmp/requirements.txt \
@@ -46,6 +49,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # The CUDA build of torch: it runs on GPU nodes and, slower, on CPU-only ones. `cluster` is
 # ray[default]: the dashboard agent that KubeRay's probes ask whether the node is healthy.
+ARG PIP_FIND_LINKS
 RUN --mount=type=cache,target=/root/.cache/pip \
     python requirements.py pyproject.toml tune trials cluster > /tmp/requirements.txt \
  && pip install --requirement /tmp/requirements.txt \

@@ -9,10 +9,12 @@
 #
 #   bash hack/images/build.sh [operator|trial|base]...   (default: operator trial)
 #
-# Idempotent and cached: the base is rebuilt only when its recipe changes; buildah's layer cache
-# and a pip cache mount make a rebuild after a source change take seconds, not minutes (the torch
-# layer is rebuilt only when pyproject.toml changes); an archive is re-exported only when its image
-# changed. Installs buildah and debootstrap from Debian when they are missing.
+# Idempotent and cached: the base is rebuilt only when its recipe changes; buildah's layer cache makes
+# a rebuild after a source change take seconds (the torch layer is rebuilt only when pyproject.toml
+# changes, and then installs from a local wheel dir, <cache>/wheels, filled by `pip download` on this
+# host and mounted read-only into the build: pip's own cache stays empty behind a proxy that marks its
+# responses uncacheable); an archive is re-exported only when its image changed. Installs buildah and
+# debootstrap from Debian when they are missing.
 #
 # Environment:
 #   KUBETUNE_IMAGES_DIR   cache dir: buildah store, archives (default <repo>/.cache/images)
@@ -116,14 +118,36 @@ build_base() {
 # CA bundle (read-only, build time only; it does not end up in the image).
 HOST_CA="/etc/ssl/certs/ca-certificates.crt"
 
+# The wheels of every requirement, downloaded here once (a later run fetches only what changed).
+# The build finds them through PIP_FIND_LINKS (a build ARG; pip prefers a local wheel of the same
+# version); a Docker build without them just uses the index.
+WHEELS="${CACHE_DIR}/wheels"
+fill_wheels() {
+  local t0 py extras
+  t0=$(date +%s)
+  py="${KUBETUNE_HOST_PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+  [ -x "${py}" ] || py=python3
+  case "$1" in operator) extras="operator" ;; trial) extras="tune trials cluster" ;; esac
+  mkdir -p "${WHEELS}"
+  # shellcheck disable=SC2086
+  "${py}" "${REPO_ROOT}/hack/images/requirements.py" "${REPO_ROOT}/pyproject.toml" ${extras} > "${WHEELS}/requirements-$1.txt"
+  echo "setuptools>=77" >> "${WHEELS}/requirements-$1.txt"
+  echo "wheel" >> "${WHEELS}/requirements-$1.txt"
+  log "pip download (${1}'s requirements) into ${WHEELS}"
+  PIP_FIND_LINKS="${WHEELS}" "${py}" -m pip download --quiet --dest "${WHEELS}" --requirement "${WHEELS}/requirements-$1.txt" \
+    || log "pip download failed; the build will use the index"
+  log "wheels ready in $(elapsed "${t0}") ($(du -sh "${WHEELS}" | cut -f1))"
+}
+
 build_target() {
   local target="$1" t0 image archive id
   t0=$(date +%s)
   image="localhost/kubetune-${target}:${TAG}"
   archive="${CACHE_DIR}/kubetune-${target}.tar"
   log "buildah bud --target ${target} -t ${image}"
-  local volume=()
-  [ -f "${HOST_CA}" ] && volume=(--volume "${HOST_CA}:/etc/ssl/certs/ca-certificates.crt:ro")
+  fill_wheels "${target}"
+  local volume=(--volume "${WHEELS}:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels)
+  [ -f "${HOST_CA}" ] && volume+=(--volume "${HOST_CA}:/etc/ssl/certs/ca-certificates.crt:ro")
   bah bud --pull=never --layers --isolation chroot --target "${target}" -t "${image}" \
     "${volume[@]}" -f "${REPO_ROOT}/Dockerfile" "${REPO_ROOT}"
   log "built ${image} in $(elapsed "${t0}")"
