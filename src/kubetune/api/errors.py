@@ -49,6 +49,12 @@ _PATTERN_HELP = {
 }
 
 
+def describe_pattern(pattern: str, help: str) -> str:
+    """Register the words shown instead of a regex when a value does not match `pattern`."""
+    _PATTERN_HELP[pattern] = help
+    return pattern
+
+
 def _join(*parts: Any) -> str:
     out = ""
     for p in parts:

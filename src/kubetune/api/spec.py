@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from kubetune.api.errors import FieldIssue, SemanticErrors
+from kubetune.api.errors import FieldIssue, SemanticErrors, describe_pattern
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -35,6 +35,35 @@ SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2")
 # A Kubernetes resource quantity such as 500m, 2, 8Gi or 1.5.
 _QUANTITY_RE = re.compile(r"^([+]?[0-9.]+)([eE][-+]?[0-9]+|[mkMGTPE]i?|Ki|u|n)?$")
 _DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A container image reference as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@digest].
+_IMAGE_RE = describe_pattern((
+    r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
+    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@[a-z0-9]+([+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"
+), "must be an image reference such as registry.example.com:5000/team/trials:1.2 (lowercase path, optional tag and @sha256 digest)")
+# A Ray version: 2.60.0, 2.9, 3.0.0rc1, 2.60.0.dev0.
+_VERSION_RE = describe_pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+)?([.-]?[a-zA-Z0-9]+)*$", "must be a Ray version such as 2.60.0")
+
+Image = Annotated[str, StringConstraints(pattern=_IMAGE_RE, max_length=512)]
+
+# `ray start` parameters whose value must be a number; KubeRay passes them as strings.
+NUMERIC_RAY_START_PARAMS = {
+    "num-cpus": (r"^[0-9]+(\.[0-9]+)?$", "a number of CPUs, e.g. 4 or 0.5"),
+    "num-gpus": (r"^[0-9]+(\.[0-9]+)?$", "a number of GPUs, e.g. 1"),
+    "memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 8589934592"),
+    "object-store-memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 2147483648"),
+}
+
+
+def _check_ray_start_params(params: dict[str, str]) -> dict[str, str]:
+    issues = []
+    for key, value in params.items():
+        pattern, allowed = NUMERIC_RAY_START_PARAMS.get(key, (None, None))
+        if pattern and not re.match(pattern, value):
+            issues.append(FieldIssue(key, f"must be {allowed}, got {value!r}"))
+    if issues:
+        raise SemanticErrors(issues)
+    return params
 
 
 class Model(BaseModel):
@@ -284,7 +313,7 @@ class Trainable(Model):
     """The function to run, as "package.module:function"; it takes the trial's config dict."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Fixed settings passed to every trial; sampled parameters are added to (and override) these."""
-    image: str | None = None
+    image: Image | None = None
     """Container image with the trainable (cluster runs); defaults to the operator's trial image."""
 
 
@@ -474,6 +503,7 @@ class HeadGroup(Model):
     """Extra `ray start` parameters."""
 
     _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    _params = field_validator("ray_start_params")(classmethod(lambda cls, v: _check_ray_start_params(v)))
 
 
 class WorkerGroup(Model):
@@ -503,6 +533,7 @@ class WorkerGroup(Model):
     """Extra `ray start` parameters."""
 
     _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    _params = field_validator("ray_start_params")(classmethod(lambda cls, v: _check_ray_start_params(v)))
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> "WorkerGroup":
@@ -520,9 +551,9 @@ class WorkerGroup(Model):
 class RayClusterSpec(Model):
     """The Ray cluster the operator creates for the experiment (ignored by `kubetune run`)."""
 
-    ray_version: str = "2.60.0"
+    ray_version: Annotated[str, StringConstraints(pattern=_VERSION_RE, max_length=64)] = "2.60.0"
     """Ray version of the image, passed to KubeRay."""
-    image: str | None = None
+    image: Image | None = None
     """Image of head and workers; defaults to the trial image."""
     head: HeadGroup = Field(default_factory=HeadGroup)
     """The head pod."""
