@@ -11,13 +11,15 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, TuneExperimentSpec
+from kubetune.api.rules import CEL_RULES_KEY
+from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, ObjectMeta, TuneExperimentSpec
 from kubetune.api.status import TuneExperimentStatus
 
 _KEEP = {
     "type", "description", "properties", "items", "enum", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "required",
     "additionalProperties", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
+    "maxProperties", "minProperties", "x-kubernetes-validations",
 }
 _PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
 
@@ -86,6 +88,31 @@ def openapi_schema(model: type) -> dict[str, Any]:
     return _structural(_resolve(schema, defs))
 
 
+def _name_constraints() -> tuple[str, int]:
+    """The pattern and length ObjectMeta.name has in the model."""
+    pattern = max_length = None
+    for item in ObjectMeta.model_fields["name"].metadata:
+        pattern = getattr(item, "pattern", None) or pattern
+        max_length = getattr(item, "max_length", None) or max_length
+    assert pattern and max_length
+    return pattern, max_length
+
+
+def metadata_rules() -> list[dict[str, Any]]:
+    """CEL at the root: the name must fit the labels and names of the experiment's children."""
+    pattern, max_length = _name_constraints()
+    return [
+        {"rule": f"self.metadata.name.size() <= {max_length}",
+         "messageExpression": f"'metadata.name: must be at most {max_length} characters (names of the RayCluster, "
+                              f"driver Job and their labels derive from it), got ' + string(self.metadata.name.size())",
+         "reason": "FieldValueInvalid", "fieldPath": ".metadata.name"},
+        {"rule": f"self.metadata.name.matches('{pattern}')",
+         "messageExpression": "'metadata.name: must be a DNS label: lowercase letters, digits and -, "
+                              "starting and ending with a letter or digit, got ' + self.metadata.name",
+         "reason": "FieldValueInvalid", "fieldPath": ".metadata.name"},
+    ]
+
+
 def crd() -> dict[str, Any]:
     spec_schema = openapi_schema(TuneExperimentSpec)
     status_schema = openapi_schema(TuneExperimentStatus)
@@ -132,6 +159,7 @@ def crd() -> dict[str, Any]:
                         "spec": spec_schema,
                         "status": status_schema,
                     },
+                    CEL_RULES_KEY: metadata_rules(),
                 }},
             }],
         },

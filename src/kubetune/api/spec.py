@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.errors import FieldIssue, SemanticErrors, describe_pattern
+from kubetune.api.rules import Cel, add_validations, cel
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -32,9 +33,24 @@ SHORT_NAME = "tunex"
 SEARCH_ALGORITHMS = ("random", "grid", "hyperopt", "optuna", "bayesopt")
 SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2")
 
-# A Kubernetes resource quantity such as 500m, 2, 8Gi or 1.5.
-_QUANTITY_RE = re.compile(r"^([+]?[0-9.]+)([eE][-+]?[0-9]+|[mkMGTPE]i?|Ki|u|n)?$")
+# A Kubernetes resource quantity such as 500m, 2, 8Gi or 1.5 (as the API server's isQuantity, unsigned).
+_QUANTITY_RE = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+
+# Caps on what is otherwise unbounded: they keep the CRD's CEL rules within the API server's cost
+# budget and a spec far below what the API server and kopf's bookkeeping hold (see README, "Limits").
+MAX_NAME = 253  # a Kubernetes object name
+MAX_TEXT = 1024  # URIs, endpoints, entrypoints
+MAX_PARAMETERS = 64  # search-space dimensions (and PBT/PB2 hyperparameters)
+MAX_VALUES = 1000  # values of one choice or grid list
+MAX_CONFIG_KEYS = 256  # top-level keys of trainable.config
+MAX_POINTS = 64  # search.pointsToEvaluate
+MAX_WORKER_GROUPS = 16
+MAX_MAP = 64  # node selectors, rayStartParams
+MAX_TOLERATIONS = 32
 _DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN_RE = describe_pattern(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "must be a Kubernetes object name: lowercase letters, digits, '-' and '.'")
 # A container image reference as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@digest].
 _IMAGE_RE = describe_pattern((
     r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
@@ -53,6 +69,30 @@ NUMERIC_RAY_START_PARAMS = {
     "memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 8589934592"),
     "object-store-memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 2147483648"),
 }
+
+
+def _ray_start_params_cel() -> Cel:
+    bad = " || ".join(
+        f"(k == '{key}' && !self.rayStartParams[k].matches('{pattern}'))"
+        for key, (pattern, _) in NUMERIC_RAY_START_PARAMS.items()
+    )
+    allowed = "; ".join(f"{key}: {words}" for key, (_, words) in NUMERIC_RAY_START_PARAMS.items())
+    return Cel(
+        f"!has(self.rayStartParams) || self.rayStartParams.all(k, !({bad}))",
+        f"'wrong value for ' + self.rayStartParams.filter(k, {bad}).join(', ') + ' ({allowed})'",
+        ".rayStartParams",
+    )
+
+
+def _quantity_cel(field: str) -> Cel:
+    return Cel(f"!has(self.{field}) || isQuantity(string(self.{field}))",
+               f"string(self.{field}) + ' is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)'", f".{field}")
+
+
+def _gpu_fraction_cel(field: str) -> Cel:
+    return Cel(f"!has(self.{field}) || self.{field} <= 1.0 || self.{field} == double(int(self.{field}))",
+               f"'a GPU fraction must be at most 1 (or a whole number of GPUs), got ' + string(self.{field})",
+               f".{field}")
 
 
 def _check_ray_start_params(params: dict[str, str]) -> dict[str, str]:
@@ -75,6 +115,7 @@ class Model(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
+        json_schema_extra=add_validations,  # the CEL twins of the model's checks (rules.py)
     )
 
     def dump(self) -> dict[str, Any]:
@@ -96,20 +137,25 @@ def _check_quantity(value: str | int | None) -> str | int | None:
     return value
 
 
-def quantity_to_bytes(value: str | int) -> int:
-    """8Gi -> 8589934592; used for Ray's memory resource."""
+def quantity_value(value: str | int) -> float:
+    """500m -> 0.5, 8Gi -> 8589934592.0."""
     if isinstance(value, int):
-        return value
+        return float(value)
     m = _QUANTITY_RE.match(value)
     assert m, value
     number, suffix = float(m.group(1)), m.group(2) or ""
     factors = {
-        "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3,
+        "": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
     }
-    if suffix.lower().startswith("e") and suffix not in factors:
-        return int(number * 10 ** int(suffix[1:]))
-    return int(number * factors[suffix])
+    if suffix[:1] in ("e", "E") and suffix not in factors:
+        return number * 10 ** int(suffix[1:])
+    return number * factors[suffix]
+
+
+def quantity_to_bytes(value: str | int) -> int:
+    """8Gi -> 8589934592; used for Ray's memory resource."""
+    return int(quantity_value(value))
 
 
 # ---------------------------------------------------------------- parameters (search space)
@@ -124,6 +170,7 @@ class Range(Model):
     """Upper bound (exclusive)."""
 
     @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "'must be greater than min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
     def _ordered(self) -> "Range":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -176,6 +223,7 @@ class IntRange(Model):
     """Upper bound (inclusive)."""
 
     @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "'must be greater than min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
     def _ordered(self) -> "IntRange":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -213,12 +261,15 @@ class PowersOfTwo(Model):
 
     @field_validator("min", "max")
     @classmethod
+    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}".replace(" ", "").replace("in[", " in ["),
+               f"'must be a power of two (1, 2, 4, 8, ...), got ' + string(self.{f})", f".{f}") for f in ("min", "max")))
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
             raise ValueError(f"must be a power of two (1, 2, 4, 8, ...), got {value}")
         return value
 
     @model_validator(mode="after")
+    @cel(Cel("self.min <= self.max", "'must be at least min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
     def _ordered(self) -> "PowersOfTwo":
         if self.min > self.max:
             raise SemanticErrors([FieldIssue("max", f"must be at least min ({self.min}), got {self.max}")])
@@ -236,6 +287,8 @@ PARAMETER_KINDS = (
 CONTINUOUS_KINDS = ("uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn")
 INTEGER_KINDS = ("randint", "qrandint", "lograndint", "qlograndint")
 CATEGORICAL_KINDS = ("choice", "grid", "powersOfTwo")
+# CEL: the distributions set on a Parameter node, as a list of names.
+_KINDS_SET = "[" + ", ".join(f"has(self.{k}) ? '{k}' : ''" for k in PARAMETER_KINDS) + "].filter(k, k != '')"
 
 
 class Parameter(Model):
@@ -261,21 +314,26 @@ class Parameter(Model):
     """Integer in [min, max] sampled in log space (tune.lograndint)."""
     qlograndint: QLogIntRange | None = None
     """Log-space integer in steps of q (tune.qlograndint)."""
-    choice: list[Any] | None = None
+    choice: list[Any] | None = Field(default=None, max_length=MAX_VALUES)
     """One of these values, sampled by the search algorithm (tune.choice)."""
-    grid: list[Any] | None = None
+    grid: list[Any] | None = Field(default=None, max_length=MAX_VALUES)
     """Every one of these values, each in its own trial (tune.grid_search); random and grid search only."""
     powers_of_two: PowersOfTwo | None = None
     """One of the powers of two between min and max (tune.choice over 2^k)."""
 
     @field_validator("choice", "grid")
     @classmethod
+    @cel(*(Cel(f"!has(self.{f}) || size(self.{f}) > 0", "'must list at least one value'", f".{f}") for f in ("choice", "grid")))
     def _not_empty(cls, values: list[Any] | None) -> list[Any] | None:
         if values is not None and not values:
             raise ValueError("must list at least one value")
         return values
 
     @model_validator(mode="after")
+    @cel(Cel(
+        f"{_KINDS_SET}.size() == 1",
+        f"'set exactly one of {', '.join(PARAMETER_KINDS)}; got ' + ({_KINDS_SET}.size() == 0 ? 'none' : {_KINDS_SET}.join(', '))",
+    ))
     def _exactly_one(self) -> "Parameter":
         chosen = self.kinds_set()
         if len(chosen) != 1:
@@ -309,9 +367,9 @@ def to_snake(camel: str) -> str:
 class Trainable(Model):
     """The training function every trial runs."""
 
-    entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=MAX_TEXT)]
     """The function to run, as "package.module:function"; it takes the trial's config dict."""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict, max_length=MAX_CONFIG_KEYS)
     """Fixed settings passed to every trial; sampled parameters are added to (and override) these."""
     image: Image | None = None
     """Container image with the trainable (cluster runs); defaults to the operator's trial image."""
@@ -320,7 +378,7 @@ class Trainable(Model):
 class Objective(Model):
     """What the search optimises."""
 
-    metric: Annotated[str, StringConstraints(min_length=1)]
+    metric: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
     """Name of the reported metric to optimise, e.g. mean_accuracy."""
     mode: Literal["max", "min"]
     """Whether larger (max) or smaller (min) is better."""
@@ -339,7 +397,8 @@ class Search(Model):
     """At most this many trials at once; unset means as many as resources allow."""
     seed: int | None = None
     """Seed of the search algorithm (and of each trial's random generators) for reproducible runs."""
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    points_to_evaluate: list[Annotated[dict[str, Any], Field(max_length=MAX_PARAMETERS)]] = Field(
+        default_factory=list, max_length=MAX_POINTS)
     """Configurations to try first, e.g. a known good baseline."""
     random_warmup_steps: int | None = Field(default=None, ge=0)
     """Random trials before a model-based searcher (hyperopt, optuna, bayesopt) starts modelling."""
@@ -365,9 +424,10 @@ class Scheduler(Model):
     """medianStopping: trials needed before comparing to the median (default 3)."""
     perturbation_interval: int | None = Field(default=None, ge=1)
     """pbt, pb2: iterations between perturbations; a multiple of checkpoint.frequency."""
-    hyperparam_mutations: dict[str, MutationValue] | None = None
+    hyperparam_mutations: dict[str, MutationValue] | None = Field(default=None, max_length=MAX_PARAMETERS)
     """pbt: per hyperparameter, a distribution or a list of values to resample or perturb from."""
-    hyperparam_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = None
+    hyperparam_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None, max_length=MAX_PARAMETERS)
     """pb2: per continuous hyperparameter, its [min, max] bounds."""
     quantile_fraction: float | None = Field(default=None, gt=0, le=0.5)
     """pbt, pb2: fraction of trials that are the top/bottom quantile (default 0.25)."""
@@ -410,10 +470,15 @@ class TrialResources(Model):
     memory: Quantity | None = None
     """Memory reserved in Ray's scheduler, e.g. 2Gi."""
 
-    _memory_ok = field_validator("memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    @field_validator("memory")
+    @classmethod
+    @cel(_quantity_cel("memory"))
+    def _memory_quantity(cls, value: str | int | None) -> str | int | None:
+        return _check_quantity(value)
 
     @field_validator("gpu")
     @classmethod
+    @cel(_gpu_fraction_cel("gpu"))
     def _gpu_fraction(cls, value: float) -> float:
         if value > 1 and value != int(value):
             raise ValueError(f"a GPU fraction must be at most 1 (or a whole number of GPUs), got {value}")
@@ -432,6 +497,7 @@ class Distributed(Model):
 
     @field_validator("gpus_per_worker")
     @classmethod
+    @cel(_gpu_fraction_cel("gpusPerWorker"))
     def _gpu_fraction(cls, value: float | None) -> float | None:
         if value is not None and value > 1 and value != int(value):
             raise ValueError(f"a GPU fraction must be at most 1 (or a whole number of GPUs), got {value}")
@@ -459,13 +525,13 @@ class Failure(Model):
 class Storage(Model):
     """Where results and checkpoints go."""
 
-    uri: str | None = None
+    uri: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
     """A local directory or s3://bucket/prefix; default ./kubetune-results locally."""
-    endpoint: str | None = None
+    endpoint: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
     """S3 endpoint URL for MinIO or another S3-compatible store, e.g. http://minio:9000."""
-    region: str | None = None
+    region: Annotated[str, StringConstraints(max_length=64)] | None = None
     """S3 region."""
-    secret_ref: str | None = None
+    secret_ref: Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN_RE, max_length=MAX_NAME)] | None = None
     """Name of a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (cluster runs)."""
 
     @property
@@ -476,11 +542,11 @@ class Storage(Model):
 class Toleration(Model):
     """A Kubernetes toleration."""
 
-    key: str | None = None
+    key: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Taint key."""
     operator: Literal["Exists", "Equal"] | None = None
     """Exists or Equal."""
-    value: str | None = None
+    value: Annotated[str, StringConstraints(max_length=63)] | None = None
     """Taint value."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect."""
@@ -495,15 +561,25 @@ class HeadGroup(Model):
     """CPU request and limit."""
     memory: Quantity = "8Gi"
     """Memory request and limit."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
     """Tolerations."""
-    ray_start_params: dict[str, str] = Field(default_factory=dict)
+    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
+        default_factory=dict, max_length=MAX_MAP)
     """Extra `ray start` parameters."""
 
-    _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
-    _params = field_validator("ray_start_params")(classmethod(lambda cls, v: _check_ray_start_params(v)))
+    @field_validator("cpu", "memory")
+    @classmethod
+    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
+    def _quantities(cls, value: str | int) -> str | int:
+        return _check_quantity(value)
+
+    @field_validator("ray_start_params")
+    @classmethod
+    @cel(_ray_start_params_cel())
+    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
+        return _check_ray_start_params(params)
 
 
 class WorkerGroup(Model):
@@ -523,19 +599,36 @@ class WorkerGroup(Model):
     """Memory request and limit per worker."""
     gpu: int = Field(default=0, ge=0)
     """GPUs per worker (requests and limits of gpuResource)."""
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
     """Extended resource name of the GPUs."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector, e.g. a GPU node pool."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
     """Tolerations, e.g. for tainted GPU nodes."""
-    ray_start_params: dict[str, str] = Field(default_factory=dict)
+    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
+        default_factory=dict, max_length=MAX_MAP)
     """Extra `ray start` parameters."""
 
-    _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
-    _params = field_validator("ray_start_params")(classmethod(lambda cls, v: _check_ray_start_params(v)))
+    @field_validator("cpu", "memory")
+    @classmethod
+    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
+    def _quantities(cls, value: str | int) -> str | int:
+        return _check_quantity(value)
+
+    @field_validator("ray_start_params")
+    @classmethod
+    @cel(_ray_start_params_cel())
+    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
+        return _check_ray_start_params(params)
 
     @model_validator(mode="after")
+    @cel(
+        Cel("!has(self.maxReplicas) || @minReplicas <= self.maxReplicas",
+            "'must be at most maxReplicas (' + string(self.maxReplicas) + '), got ' + string(@minReplicas)", ".minReplicas"),
+        Cel("@minReplicas <= @replicas && (!has(self.maxReplicas) || @replicas <= self.maxReplicas)",
+            "'must be between minReplicas (' + string(@minReplicas) + ') and maxReplicas ('"
+            " + (has(self.maxReplicas) ? string(self.maxReplicas) : 'unset') + '), got ' + string(@replicas)", ".replicas"),
+    )
     def _replica_bounds(self) -> "WorkerGroup":
         issues = []
         top = self.max_replicas if self.max_replicas is not None else max(self.replicas, self.min_replicas)
@@ -557,15 +650,18 @@ class RayClusterSpec(Model):
     """Image of head and workers; defaults to the trial image."""
     head: HeadGroup = Field(default_factory=HeadGroup)
     """The head pod."""
-    worker_groups: list[WorkerGroup] = Field(default_factory=list)
+    worker_groups: list[WorkerGroup] = Field(default_factory=list, max_length=MAX_WORKER_GROUPS)
     """Worker groups; trials run on these (and on the head when there are none)."""
     enable_autoscaling: bool = False
     """Let KubeRay's in-tree autoscaler add and remove workers between minReplicas and maxReplicas."""
-    service_account_name: str | None = None
+    service_account_name: Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN_RE, max_length=MAX_NAME)] | None = None
     """Service account of the Ray pods."""
 
     @field_validator("worker_groups")
     @classmethod
+    @cel(Cel("!has(self.workerGroups) || self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))",
+             "'worker group names must be unique; repeated: ' + self.workerGroups.filter(g, "
+             "!self.workerGroups.exists_one(h, h.name == g.name)).map(g, g.name).join(', ')", ".workerGroups"))
     def _unique_names(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:
         names = [g.name for g in groups]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -588,7 +684,7 @@ class TuneExperimentSpec(Model):
     """The training function."""
     objective: Objective
     """The metric to optimise."""
-    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    parameters: dict[str, Parameter] = Field(default_factory=dict, max_length=MAX_PARAMETERS)
     """The search space: parameter name -> distribution; each trial's config gets these keys."""
     search: Search = Field(default_factory=Search)
     """Search algorithm and budget."""
@@ -644,3 +740,7 @@ class TuneExperiment(Model):
     metadata: ObjectMeta
     spec: TuneExperimentSpec
     status: dict[str, Any] | None = None
+
+
+# The spec-wide checks register themselves (and their CEL) on import; _semantics runs them.
+from kubetune.api import semantics as _semantics  # noqa: E402,F401
