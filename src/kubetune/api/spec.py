@@ -110,8 +110,7 @@ class Model(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields rejected."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
+        alias_generator=to_camel,  # only the CRD's camelCase names are accepted (errors suggest them)
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
