@@ -144,3 +144,35 @@ def test_a_good_spec_with_every_section_is_accepted(kube, namespace):
     pb2 = experiment(scheduler={"type": "pb2", "perturbationInterval": 2, "hyperparamBounds": {"lr": [0.001, 0.1]}})
     code, message, _ = create(kube, namespace, pb2)
     assert code == 201, message
+
+
+def test_a_500_kb_spec(kube, namespace):
+    """#6 point 5: what happens to a 500 KB spec at apply (kopf's annotation diffbase holds at most 256 KiB)."""
+    values = [f"value-{i:06d}-" + "x" * 40 for i in range(10_000)]  # ~540 KB
+    shapes = {
+        "a 10,000-value choice list": dict(parameters={"x": {"choice": values}}),
+        "10,000 keys in trainable.config": dict(trainable={"entrypoint": "a.b:c", "config": {v[:13]: v for v in values}}),
+        "one 500 KB value in trainable.config": dict(trainable={"entrypoint": "a.b:c", "config": {"blob": "".join(values)}}),
+    }
+    outcomes = {}
+    for shape, change in shapes.items():
+        doc = doc_with(change)
+        size = len(json_bytes(doc))
+        assert size > 500_000
+        code, message, _ = create(kube, namespace, doc)
+        outcomes[shape] = (size, code, message[:200])
+        print(f"\n{shape}: {size:,} bytes of JSON -> {code} {message[:200]}")
+    assert outcomes["a 10,000-value choice list"][1] == 422
+    assert "spec.parameters.x.choice" in k8s_path(outcomes["a 10,000-value choice list"][2])
+    assert "must have at most 1000 items" in outcomes["a 10,000-value choice list"][2]
+    assert outcomes["10,000 keys in trainable.config"][1] == 422
+    assert "spec.trainable.config" in outcomes["10,000 keys in trainable.config"][2]
+    # An untyped value cannot be measured by the schema or CEL: the API server takes it (its own limit
+    # is 3 MiB a request); the operator must not keep the spec in an annotation (see operator/README.md).
+    assert outcomes["one 500 KB value in trainable.config"][1] == 201
+
+
+def json_bytes(doc: dict) -> bytes:
+    import json
+
+    return json.dumps(doc).encode()

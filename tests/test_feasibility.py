@@ -3,7 +3,7 @@
 import pytest
 
 from kubetune.api import SpecError, load_experiment
-from kubetune.api.feasibility import COORDINATOR_CPU, NodeShape, infeasible, nodes_from_spec, trial_demand
+from kubetune.api.feasibility import COORDINATOR_CPU, NodeShape, infeasible, nodes_from_ray, nodes_from_spec, trial_demand
 from kubetune.api.spec import TuneExperimentSpec
 from tests.test_spec import experiment
 
@@ -115,3 +115,15 @@ def test_issue_6_model_checks(change, path, words):
 ])
 def test_good_images(image):
     assert spec(trainable={"entrypoint": "a.b:c", "image": image}).trainable.image == image
+
+
+def test_nodes_from_ray_nodes():
+    ray_nodes = [
+        {"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 2.0, "memory": 4e9, "node:10.0.0.1": 1.0}},
+        {"Alive": False, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    ]
+    nodes = nodes_from_ray(ray_nodes)
+    assert nodes == [NodeShape("10.0.0.1", 2.0, 0.0, 4_000_000_000)]
+    s = spec(trialResources={"cpu": 4})
+    assert found(infeasible(s, nodes, where="Ray node")) == {
+        "spec.trialResources.cpu": "one trial needs 4 CPU, but the largest Ray node (10.0.0.1) has 2 CPU, 0 GPU, 3.73Gi memory"}

@@ -120,6 +120,23 @@ def nodes_from_spec(spec: "TuneExperimentSpec") -> list[NodeShape]:
     return nodes
 
 
+def nodes_from_ray(ray_nodes: Iterable[dict]) -> list[NodeShape]:
+    """The live nodes of `ray.nodes()` (alive ones), for `kubetune run` and the driver; no Ray import here."""
+    nodes = []
+    for node in ray_nodes:
+        if not node.get("Alive", True):
+            continue
+        resources = node.get("Resources") or {}
+        memory = resources.get(MEMORY)
+        nodes.append(NodeShape(
+            name=str(node.get("NodeManagerAddress") or node.get("NodeID", "node"))[:40],
+            cpu=float(resources.get(CPU, 0.0)),
+            gpu=float(resources.get(GPU, 0.0)),
+            memory_bytes=int(memory) if memory is not None else None,
+        ))
+    return nodes
+
+
 def _cpu_quantity(value: str | int) -> float:
     from kubetune.api.spec import quantity_to_bytes
 
@@ -221,5 +238,5 @@ def _num(value: float) -> str:
 def _bytes(value: int) -> str:
     for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
         if value >= size:
-            return f"{value / size:g}{unit}"
+            return f"{value / size:.3g}{unit}"
     return f"{value}B"
