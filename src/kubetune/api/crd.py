@@ -69,7 +69,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             out[key] = _structural(value) if value else dict(_PRESERVE)
         elif key == "additionalProperties":
             if value is True:
-                out.update(_PRESERVE)
+                # a map of anything: its keys stay visible to CEL (a preserved object's fields are not)
+                out[key] = dict(_PRESERVE)
             elif isinstance(value, dict):
                 out[key] = _structural(value) if value else dict(_PRESERVE)
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
@@ -105,11 +106,11 @@ def metadata_rules() -> list[dict[str, Any]]:
         {"rule": f"self.metadata.name.size() <= {max_length}",
          "messageExpression": f"'metadata.name: must be at most {max_length} characters (names of the RayCluster, "
                               f"driver Job and their labels derive from it), got ' + string(self.metadata.name.size())",
-         "reason": "FieldValueInvalid", "fieldPath": ".metadata.name"},
+         "reason": "FieldValueInvalid"},
         {"rule": f"self.metadata.name.matches('{pattern}')",
          "messageExpression": "'metadata.name: must be a DNS label: lowercase letters, digits and -, "
                               "starting and ending with a letter or digit, got ' + self.metadata.name",
-         "reason": "FieldValueInvalid", "fieldPath": ".metadata.name"},
+         "reason": "FieldValueInvalid"},
     ]
 
 
