@@ -71,17 +71,14 @@ NUMERIC_RAY_START_PARAMS = {
 }
 
 
-def _ray_start_params_cel() -> Cel:
-    bad = " || ".join(
-        f"(k == '{key}' && !self.rayStartParams[k].matches('{pattern}'))"
-        for key, (pattern, _) in NUMERIC_RAY_START_PARAMS.items()
-    )
-    allowed = "; ".join(f"{key}: {words}" for key, (_, words) in NUMERIC_RAY_START_PARAMS.items())
-    return Cel(
-        f"!has(self.rayStartParams) || self.rayStartParams.all(k, !({bad}))",
-        f"'wrong value for ' + self.rayStartParams.filter(k, {bad}).join(', ') + ' ({allowed})'",
-        ".rayStartParams",
-    )
+def _ray_start_params_cel() -> list[Cel]:
+    return [
+        # double quotes inside: PyYAML folds such a rule in the generated YAML
+        Cel(f'!has(self.rayStartParams) || self.rayStartParams.all(k, k != "{key}" || '
+            f'self.rayStartParams[k].matches("{pattern}"))',
+            f'"must be {words}, got " + self.rayStartParams["{key}"]', f".rayStartParams['{key}']")
+        for key, (pattern, words) in NUMERIC_RAY_START_PARAMS.items()
+    ]
 
 
 def _quantity_cel(field: str) -> Cel:
@@ -260,7 +257,7 @@ class PowersOfTwo(Model):
 
     @field_validator("min", "max")
     @classmethod
-    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}".replace(" ", "").replace("in[", " in ["),
+    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}",
                f"'must be a power of two (1, 2, 4, 8, ...), got ' + string(self.{f})", f".{f}") for f in ("min", "max")))
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
@@ -576,7 +573,7 @@ class HeadGroup(Model):
 
     @field_validator("ray_start_params")
     @classmethod
-    @cel(_ray_start_params_cel())
+    @cel(*_ray_start_params_cel())
     def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
         return _check_ray_start_params(params)
 
@@ -616,7 +613,7 @@ class WorkerGroup(Model):
 
     @field_validator("ray_start_params")
     @classmethod
-    @cel(_ray_start_params_cel())
+    @cel(*_ray_start_params_cel())
     def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
         return _check_ray_start_params(params)
 
