@@ -60,14 +60,20 @@ def test_every_check_is_in_the_crd_or_operator_only(capsys):
     for name, fn in sorted(checks.items()):
         rule = rule_of(fn)
         assert rule is not None, f"{name} has neither @cel nor @operator_only (kubetune.api.rules)"
-        if rule.operator_only:
-            assert not rule.cel and len(rule.operator_only) > 20, name
+        if rule.schema:
+            node = schema_of(rule.at)
+            assert all(node.get(k) == v for k, v in rule.schema.items()), f"{name}: {rule.schema} not on {rule.at}"
+            rows.append((name, f"schema of {rule.at}: {rule.schema}"))
+            continue
+        if rule.operator_only and not rule.cel:
+            assert len(rule.operator_only) > 20, name
             rows.append((name, "operator only: " + rule.operator_only))
             continue
         assert rule.cel, f"{name}: @cel without rules"
         for c in rule.cel:
             assert expand(c.rule, by_name[rule.at]) in in_crd, f"{name}: {c.rule!r} is not in the CRD"
-        rows.append((name, f"CEL at {rule.at} ({len(rule.cel)} rule(s))"))
+        rows.append((name, f"CEL at {rule.at} ({len(rule.cel)} rule(s))"
+                     + (f"; operator only: {rule.operator_only}" if rule.operator_only else "")))
     # nothing registered that is not a check any more
     assert set(RULES) <= set(checks), set(RULES) - set(checks)
     with capsys.disabled():
@@ -75,6 +81,13 @@ def test_every_check_is_in_the_crd_or_operator_only(capsys):
         for name, where in rows:
             print(f"  {name}: {where}")
     assert len(rows) >= 20
+
+
+def schema_of(model_name: str) -> dict:
+    from kubetune.api.crd import openapi_schema
+
+    model = {m.__name__: m for m in models()}[model_name]
+    return openapi_schema(model)
 
 
 def test_the_name_rule_is_at_the_root():

@@ -47,7 +47,9 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if node.get("x-kubernetes-int-or-string") or any(o.get("x-kubernetes-int-or-string") for o in options):
-            return {k: v for k, v in {"description": node.get("description"), "x-kubernetes-int-or-string": True}.items() if v}
+            kept = {k: v for o in [node, *options] for k, v in o.items() if k == "maxLength"}
+            return {k: v for k, v in {"description": node.get("description"), "x-kubernetes-int-or-string": True,
+                                      **kept}.items() if v}
         if len(options) == 1:
             inner = {**options[0], **{k: v for k, v in node.items() if k in ("description",)}}
             return _structural(inner)
@@ -68,11 +70,15 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         elif key == "items":
             out[key] = _structural(value) if value else dict(_PRESERVE)
         elif key == "additionalProperties":
-            if value is True:
-                # a map of anything: its keys stay visible to CEL (a preserved object's fields are not)
-                out[key] = dict(_PRESERVE)
-            elif isinstance(value, dict):
-                out[key] = _structural(value) if value else dict(_PRESERVE)
+            if value is False:
+                continue  # pydantic's extra="forbid": a structural schema prunes (or, strict, refuses) unknown fields
+            child = _structural(value) if isinstance(value, dict) and value else dict(_PRESERVE)
+            if value is True or "type" not in child:
+                # a map of untyped values is an object that keeps unknown fields: CEL can test has() on it
+                # (it cannot see an untyped map's values at all)
+                out.update(_PRESERVE)
+            else:
+                out[key] = child
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
             out[key] = True
@@ -104,12 +110,12 @@ def metadata_rules() -> list[dict[str, Any]]:
     pattern, max_length = _name_constraints()
     return [
         {"rule": f"self.metadata.name.size() <= {max_length}",
-         "messageExpression": f"'metadata.name: must be at most {max_length} characters (names of the RayCluster, "
-                              f"driver Job and their labels derive from it), got ' + string(self.metadata.name.size())",
+         "message": f"metadata.name: must be at most {max_length} characters (the names and labels of the "
+                    "RayCluster and the driver Job derive from it)",
          "reason": "FieldValueInvalid"},
         {"rule": f"self.metadata.name.matches('{pattern}')",
-         "messageExpression": "'metadata.name: must be a DNS label: lowercase letters, digits and -, "
-                              "starting and ending with a letter or digit, got ' + self.metadata.name",
+         "message": "metadata.name: must be a DNS label: lowercase letters, digits and -, starting and ending "
+                    "with a letter or digit",
          "reason": "FieldValueInvalid"},
     ]
 

@@ -192,6 +192,10 @@ def issues_from_validation_error(
         elif kind == "literal_error":
             expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
             msg = f"got {err['input']!r}; " + suggest(str(err["input"]), expected) if expected else err["msg"]
+        elif kind == "too_short" and ctx.get("min_length") == 1:
+            msg = "must list at least one value"
+        elif kind == "too_long":
+            msg = f"must have at most {ctx.get('max_length')} items, got {ctx.get('actual_length')}"
         elif kind == "value_error":
             msg = str(error) if error is not None else err["msg"]
         else:

@@ -21,11 +21,17 @@ CEL_RULES_KEY = "x-kubernetes-validations"
 
 @dataclass(frozen=True)
 class Cel:
-    """One CEL rule: `rule` must hold; else the API server answers `message` at `field_path`."""
+    """One CEL rule: `rule` must hold; else the API server answers `message` at `field_path`.
+
+    `message` is plain text. A `message_expression` (CEL) may add the offending value, but only a
+    bounded string: the API server estimates `string(number)` and joins over map keys as unbounded
+    and refuses the whole CRD for its cost.
+    """
 
     rule: str
-    message: str  # a CEL messageExpression (a string expression)
+    message: str
     field_path: str | None = None  # relative to the node, e.g. ".max"
+    message_expression: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,8 @@ class Rule:
     check: str  # the Python check's qualified name, e.g. "Range._ordered"
     at: str  # the model whose schema node carries the CEL
     cel: tuple[Cel, ...] = ()
-    operator_only: str | None = None  # why CEL cannot express the check
+    operator_only: str | None = None  # why CEL cannot express the check (or the part it leaves out)
+    schema: dict[str, Any] | None = None  # OpenAPI keywords that enforce it instead of CEL
 
 
 RULES: dict[str, Rule] = {}
@@ -44,12 +51,24 @@ def _name(fn: Any) -> str:
     return fn.__qualname__
 
 
-def cel(*rules: Cel, at: str | None = None) -> Callable:
-    """Register `rules` as the CEL twin of the decorated check (at its class, or at model `at`)."""
+def cel(*rules: Cel, at: str | None = None, except_for: str | None = None) -> Callable:
+    """Register `rules` as the CEL twin of the decorated check (at its class, or at model `at`);
+    `except_for` says which part of the check CEL cannot express, and why."""
 
     def wrap(fn):
         name = _name(fn)
-        RULES[name] = Rule(check=name, at=at or name.split(".")[0], cel=rules)
+        RULES[name] = Rule(check=name, at=at or name.split(".")[0], cel=rules, operator_only=except_for)
+        return fn
+
+    return wrap
+
+
+def in_schema(keywords: dict[str, Any], at: str | None = None) -> Callable:
+    """Register the decorated check as enforced by OpenAPI keywords on its model's schema node."""
+
+    def wrap(fn):
+        name = _name(fn)
+        RULES[name] = Rule(check=name, at=at or name.split(".")[0], schema=keywords)
         return fn
 
     return wrap
@@ -125,7 +144,9 @@ def validations_for(model: type) -> list[dict[str, Any]]:
         if rule.at not in names:
             continue
         for c in rule.cel:
-            entry = {"rule": expand(c.rule, model), "messageExpression": expand(c.message, model)}
+            entry = {"rule": expand(c.rule, model), "message": c.message}
+            if c.message_expression:
+                entry["messageExpression"] = expand(c.message_expression, model)
             if c.field_path:
                 entry["fieldPath"] = c.field_path
             if entry not in out:
@@ -138,3 +159,7 @@ def add_validations(schema: dict[str, Any], model: type) -> None:
     rules = validations_for(model)
     if rules:
         schema[CEL_RULES_KEY] = rules
+    names = [c.__name__ for c in model.__mro__]
+    for rule in RULES.values():
+        if rule.schema and rule.at in names:
+            schema.update(rule.schema)

@@ -47,12 +47,18 @@ MODEL_BASED = ("hyperopt", "optuna", "bayesopt")
 POPULATION_BASED = ("pbt", "pb2")
 
 
-def _kinds_cel(algorithm: str, allowed: tuple[str, ...]) -> Cel:
-    bad = " || ".join(f"has(self.parameters[n].{k})" for k in PARAMETER_KINDS if k not in allowed)
+# choice and grid lists hold any JSON value: CEL cannot see them (see _kinds_supported_by_algorithm).
+UNTYPED_KINDS = ("choice", "grid")
+
+
+def _kinds_cel(algorithm: str, allowed: tuple[str, ...]) -> Cel | None:
+    bad = [k for k in PARAMETER_KINDS if k not in allowed and k not in UNTYPED_KINDS]
+    if not bad:
+        return None
+    has_bad = " || ".join(f"has(self.parameters[n].{k})" for k in bad)
     return Cel(
-        f"@search.algorithm != '{algorithm}' || !has(self.parameters) || self.parameters.all(n, !({bad}))",
-        f"'search.algorithm {algorithm} supports only {', '.join(allowed)}; not: '"
-        f" + self.parameters.filter(n, {bad}).join(', ')",
+        f"@search.algorithm != '{algorithm}' || !has(self.parameters) || self.parameters.all(n, !({has_bad}))",
+        f"search.algorithm {algorithm} supports only {', '.join(allowed)}",
         ".parameters",
     )
 
@@ -61,7 +67,12 @@ def _kinds_cel(algorithm: str, allowed: tuple[str, ...]) -> Cel:
 
 
 @check
-@cel(*(_kinds_cel(a, allowed) for a, allowed in SUPPORTED_KINDS.items() if allowed is not None), at="TuneExperimentSpec")
+@cel(
+    *(c for a, allowed in SUPPORTED_KINDS.items() if allowed is not None and (c := _kinds_cel(a, allowed))),
+    at="TuneExperimentSpec",
+    except_for="grid with hyperopt or optuna, and choice or grid with bayesopt: choice and grid lists hold any "
+               "JSON value, which the schema leaves untyped, so CEL cannot see them",
+)
 def _kinds_supported_by_algorithm(spec: "TuneExperimentSpec") -> list[FieldIssue]:
     issues = []
     algorithm = spec.search.algorithm
@@ -80,14 +91,10 @@ def _kinds_supported_by_algorithm(spec: "TuneExperimentSpec") -> list[FieldIssue
 
 
 @check
-@cel(Cel(
-    "!has(self.search) || !has(self.search.pointsToEvaluate) || self.search.pointsToEvaluate.all(p, "
-    "p.all(k, has(self.parameters) && k in self.parameters))",
-    "'unknown parameter(s) ' + self.search.pointsToEvaluate.map(p, p.filter(k, !has(self.parameters) || "
-    "!(k in self.parameters)).join(', ')).filter(s, s != '').join(', ') + '; parameters are: ' + "
-    "(has(self.parameters) ? self.parameters.map(n, n).join(', ') : 'none')",
-    ".search.pointsToEvaluate",
-), at="TuneExperimentSpec")
+@operator_only(
+    "a point maps parameter names to any JSON value: the schema leaves it untyped, so CEL cannot see its keys",
+    at="TuneExperimentSpec",
+)
 def _points_name_parameters(spec: "TuneExperimentSpec") -> list[FieldIssue]:
     issues = []
     for i, point in enumerate(spec.search.points_to_evaluate):
@@ -103,7 +110,7 @@ def _points_name_parameters(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 @check
 @cel(Cel(
     f"!has(self.randomWarmupSteps) || @algorithm in {list(MODEL_BASED)}",
-    f"'only used by {', '.join(MODEL_BASED)}, not by search.algorithm ' + @algorithm",
+    f"only used by search.algorithm {', '.join(MODEL_BASED)}",
     ".randomWarmupSteps",
 ), at="Search")
 def _warmup_needs_a_model(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -118,7 +125,7 @@ def _warmup_needs_a_model(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 @check
 @cel(Cel(
     "@search.algorithm == 'random' || (has(self.parameters) && size(self.parameters) > 0)",
-    "'search.algorithm ' + @search.algorithm + ' needs at least one parameter'",
+    "every search.algorithm but random needs at least one parameter",
     ".parameters",
 ), at="TuneExperimentSpec")
 def _searcher_needs_parameters(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -132,10 +139,9 @@ def _searcher_needs_parameters(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 
 def _unused_cel(kind: str, used: tuple[str, ...]) -> Cel:
     others = [f for f in _scheduler_options() if f not in used]
-    set_ = "[" + ", ".join(f"has(self.{f}) ? '{f}' : ''" for f in others) + "].filter(f, f != '')"
-    detail = f"it uses: {', '.join(used)}" if used else "it takes no options"
-    return Cel(f"@type != '{kind}' || {set_}.size() == 0",
-               f"{set_}.join(', ') + ' not used by scheduler type {kind} ({detail})'")
+    detail = f"it uses only {', '.join(used)}" if used else "it takes no options"
+    return Cel(f"@type != '{kind}' || !(" + " || ".join(f"has(self.{f})" for f in others) + ")",
+               f"scheduler type {kind} does not use the other options ({detail})")
 
 
 def _scheduler_options() -> list[str]:
@@ -158,7 +164,7 @@ def _options_of_the_scheduler(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 @check
 @cel(Cel(
     "@type != 'asha' || !has(self.maxT) || !has(self.gracePeriod) || self.maxT >= self.gracePeriod",
-    "'must be at least gracePeriod (' + string(self.gracePeriod) + '), got ' + string(self.maxT)",
+    "must be at least gracePeriod",
     ".maxT",
 ), at="Scheduler")
 def _max_t_after_grace_period(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -172,7 +178,7 @@ def _max_t_after_grace_period(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 @check
 @cel(Cel(
     f"!(@type in {list(POPULATION_BASED)}) || has(self.perturbationInterval)",
-    "'required by scheduler type ' + @type",
+    f"required by scheduler types {' and '.join(POPULATION_BASED)}",
     ".perturbationInterval",
 ), at="Scheduler")
 def _population_needs_an_interval(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -186,8 +192,8 @@ def _population_needs_an_interval(spec: "TuneExperimentSpec") -> list[FieldIssue
 @cel(Cel(
     f"!has(self.scheduler) || !has(self.scheduler.perturbationInterval) || !(@scheduler.type in {list(POPULATION_BASED)})"
     " || (@checkpoint.frequency != 0 && self.scheduler.perturbationInterval % @checkpoint.frequency == 0)",
-    "'must be a multiple of checkpoint.frequency (' + string(@checkpoint.frequency) + ') so that every "
-    "perturbation has a checkpoint to copy'",
+    "must be a multiple of checkpoint.frequency (which must be above 0) so that every perturbation has a "
+    "checkpoint to copy",
     ".scheduler.perturbationInterval",
 ), at="TuneExperimentSpec")
 def _interval_on_checkpoints(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -204,8 +210,9 @@ def _interval_on_checkpoints(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 
 @check
 @cel(Cel(
-    "@type != 'pbt' || (has(self.hyperparamMutations) && size(self.hyperparamMutations) > 0)",
-    "'pbt needs at least one hyperparameter to mutate'",
+    # with minProperties: 1 on the map (an untyped map has no size() in CEL)
+    "@type != 'pbt' || has(self.hyperparamMutations)",
+    "pbt needs at least one hyperparameter to mutate",
     ".hyperparamMutations",
 ), at="Scheduler")
 def _pbt_needs_mutations(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -233,10 +240,9 @@ def _mutations_resample(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 @check
 @cel(
     Cel("@type != 'pb2' || (has(self.hyperparamBounds) && size(self.hyperparamBounds) > 0)",
-        "'pb2 needs at least one [min, max] bound'", ".hyperparamBounds"),
+        "pb2 needs at least one [min, max] bound", ".hyperparamBounds"),
     Cel("!has(self.hyperparamBounds) || self.hyperparamBounds.all(k, self.hyperparamBounds[k][0] < self.hyperparamBounds[k][1])",
-        "'min must be below max in ' + self.hyperparamBounds.filter(k, self.hyperparamBounds[k][0] >= "
-        "self.hyperparamBounds[k][1]).join(', ')", ".hyperparamBounds"),
+        "each bound is [min, max] with min below max", ".hyperparamBounds"),
     at="Scheduler",
 )
 def _pb2_bounds(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -258,9 +264,11 @@ _S3_CEL = "(has(self.uri) && self.uri.startsWith('s3://'))"
 @check
 @cel(
     Cel("!has(self.uri) || !self.uri.contains('://') || self.uri.startsWith('s3://') || self.uri.startsWith('file://')",
-        "'must be a local path, file:// or s3://bucket/prefix, got ' + self.uri", ".uri"),
+        "must be a local path, file:// or s3://bucket/prefix", ".uri",
+        "'must be a local path, file:// or s3://bucket/prefix, got ' + self.uri"),
     Cel("!has(self.uri) || !self.uri.startsWith('s3://') || self.uri.matches('^s3://[^/]')",
-        "'an s3:// URI needs a bucket, e.g. s3://my-bucket/experiments; got ' + self.uri", ".uri"),
+        "an s3:// URI needs a bucket, e.g. s3://my-bucket/experiments", ".uri",
+        "'an s3:// URI needs a bucket, e.g. s3://my-bucket/experiments; got ' + self.uri"),
     at="Storage",
 )
 def _storage_uri(spec: "TuneExperimentSpec") -> list[FieldIssue]:
@@ -275,7 +283,7 @@ def _storage_uri(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 
 @check
 @cel(
-    *(Cel(f"!has(self.{f}) || {_S3_CEL}", "'only used with an s3:// storage.uri'", f".{f}")
+    *(Cel(f"!has(self.{f}) || {_S3_CEL}", "only used with an s3:// storage.uri", f".{f}")
       for f in ("endpoint", "region", "secretRef")),
     at="Storage",
 )
@@ -290,7 +298,8 @@ def _s3_options_need_s3(spec: "TuneExperimentSpec") -> list[FieldIssue]:
 
 @check
 @cel(Cel("!has(self.endpoint) || self.endpoint.matches('^https?://[^/?#]+')",
-         "'must be an http:// or https:// URL, got ' + self.endpoint", ".endpoint"), at="Storage")
+         "must be an http:// or https:// URL", ".endpoint", "'must be an http:// or https:// URL, got ' + self.endpoint"),
+   at="Storage")
 def _endpoint_is_a_url(spec: "TuneExperimentSpec") -> list[FieldIssue]:
     endpoint = spec.storage.endpoint
     if endpoint is not None:

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.errors import FieldIssue, SemanticErrors, describe_pattern
-from kubetune.api.rules import Cel, add_validations, cel
+from kubetune.api.rules import Cel, add_validations, cel, in_schema
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -64,8 +64,8 @@ Image = Annotated[str, StringConstraints(pattern=_IMAGE_RE, max_length=512)]
 
 # `ray start` parameters whose value must be a number; KubeRay passes them as strings.
 NUMERIC_RAY_START_PARAMS = {
-    "num-cpus": (r"^[0-9]+(\.[0-9]+)?$", "a number of CPUs, e.g. 4 or 0.5"),
-    "num-gpus": (r"^[0-9]+(\.[0-9]+)?$", "a number of GPUs, e.g. 1"),
+    "num-cpus": (r"^[0-9]+([.][0-9]+)?$", "a number of CPUs, e.g. 4 or 0.5"),
+    "num-gpus": (r"^[0-9]+([.][0-9]+)?$", "a number of GPUs, e.g. 1"),
     "memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 8589934592"),
     "object-store-memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 2147483648"),
 }
@@ -76,20 +76,21 @@ def _ray_start_params_cel() -> list[Cel]:
         # double quotes inside: PyYAML folds such a rule in the generated YAML
         Cel(f'!has(self.rayStartParams) || self.rayStartParams.all(k, k != "{key}" || '
             f'self.rayStartParams[k].matches("{pattern}"))',
-            f'"must be {words}, got " + self.rayStartParams["{key}"]', f".rayStartParams['{key}']")
+            f"must be {words}", f".rayStartParams['{key}']",
+            f'"must be {words}, got " + self.rayStartParams["{key}"]')
         for key, (pattern, words) in NUMERIC_RAY_START_PARAMS.items()
     ]
 
 
 def _quantity_cel(field: str) -> Cel:
     return Cel(f"!has(self.{field}) || isQuantity(string(self.{field}))",
-               f"string(self.{field}) + ' is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)'", f".{field}")
+               "must be a Kubernetes quantity (e.g. 500m, 2, 8Gi)", f".{field}",
+               f"string(self.{field}) + ' is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)'")
 
 
 def _gpu_fraction_cel(field: str) -> Cel:
     return Cel(f"!has(self.{field}) || self.{field} <= 1.0 || self.{field} == double(int(self.{field}))",
-               f"'a GPU fraction must be at most 1 (or a whole number of GPUs), got ' + string(self.{field})",
-               f".{field}")
+               "a GPU fraction must be at most 1 (or a whole number of GPUs)", f".{field}")
 
 
 def _check_ray_start_params(params: dict[str, str]) -> dict[str, str]:
@@ -121,7 +122,8 @@ class Model(BaseModel):
 
 Quantity = Annotated[
     Union[str, int],
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    # maxLength bounds the CEL cost of isQuantity(); the regex below refuses longer strings anyway
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": 64}),
 ]
 
 
@@ -166,7 +168,7 @@ class Range(Model):
     """Upper bound (exclusive)."""
 
     @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "'must be greater than min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
     def _ordered(self) -> "Range":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -219,7 +221,7 @@ class IntRange(Model):
     """Upper bound (inclusive)."""
 
     @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "'must be greater than min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
     def _ordered(self) -> "IntRange":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -257,15 +259,15 @@ class PowersOfTwo(Model):
 
     @field_validator("min", "max")
     @classmethod
-    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}",
-               f"'must be a power of two (1, 2, 4, 8, ...), got ' + string(self.{f})", f".{f}") for f in ("min", "max")))
+    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}", "must be a power of two (1, 2, 4, 8, ...)", f".{f}")
+           for f in ("min", "max")))
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
             raise ValueError(f"must be a power of two (1, 2, 4, 8, ...), got {value}")
         return value
 
     @model_validator(mode="after")
-    @cel(Cel("self.min <= self.max", "'must be at least min (' + string(self.min) + '), got ' + string(self.max)", ".max"))
+    @cel(Cel("self.min <= self.max", "must be at least min", ".max"))
     def _ordered(self) -> "PowersOfTwo":
         if self.min > self.max:
             raise SemanticErrors([FieldIssue("max", f"must be at least min ({self.min}), got {self.max}")])
@@ -283,8 +285,6 @@ PARAMETER_KINDS = (
 CONTINUOUS_KINDS = ("uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn")
 INTEGER_KINDS = ("randint", "qrandint", "lograndint", "qlograndint")
 CATEGORICAL_KINDS = ("choice", "grid", "powersOfTwo")
-# CEL: the distributions set on a Parameter node, as a list of names.
-_KINDS_SET = "[" + ", ".join(f"has(self.{k}) ? '{k}' : ''" for k in PARAMETER_KINDS) + "].filter(k, k != '')"
 
 
 class Parameter(Model):
@@ -310,26 +310,16 @@ class Parameter(Model):
     """Integer in [min, max] sampled in log space (tune.lograndint)."""
     qlograndint: QLogIntRange | None = None
     """Log-space integer in steps of q (tune.qlograndint)."""
-    choice: list[Any] | None = Field(default=None, max_length=MAX_VALUES)
+    choice: list[Any] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
     """One of these values, sampled by the search algorithm (tune.choice)."""
-    grid: list[Any] | None = Field(default=None, max_length=MAX_VALUES)
+    grid: list[Any] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
     """Every one of these values, each in its own trial (tune.grid_search); random and grid search only."""
     powers_of_two: PowersOfTwo | None = None
     """One of the powers of two between min and max (tune.choice over 2^k)."""
 
-    @field_validator("choice", "grid")
-    @classmethod
-    @cel(*(Cel(f"!has(self.{f}) || size(self.{f}) > 0", "'must list at least one value'", f".{f}") for f in ("choice", "grid")))
-    def _not_empty(cls, values: list[Any] | None) -> list[Any] | None:
-        if values is not None and not values:
-            raise ValueError("must list at least one value")
-        return values
-
     @model_validator(mode="after")
-    @cel(Cel(
-        f"{_KINDS_SET}.size() == 1",
-        f"'set exactly one of {', '.join(PARAMETER_KINDS)}; got ' + ({_KINDS_SET}.size() == 0 ? 'none' : {_KINDS_SET}.join(', '))",
-    ))
+    # choice and grid hold any JSON value, so CEL cannot see them; an object with exactly one field can
+    @in_schema({"minProperties": 1, "maxProperties": 1})
     def _exactly_one(self) -> "Parameter":
         chosen = self.kinds_set()
         if len(chosen) != 1:
@@ -420,7 +410,7 @@ class Scheduler(Model):
     """medianStopping: trials needed before comparing to the median (default 3)."""
     perturbation_interval: int | None = Field(default=None, ge=1)
     """pbt, pb2: iterations between perturbations; a multiple of checkpoint.frequency."""
-    hyperparam_mutations: dict[str, MutationValue] | None = Field(default=None, max_length=MAX_PARAMETERS)
+    hyperparam_mutations: dict[str, MutationValue] | None = Field(default=None, min_length=1, max_length=MAX_PARAMETERS)
     """pbt: per hyperparameter, a distribution or a list of values to resample or perturb from."""
     hyperparam_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
         default=None, max_length=MAX_PARAMETERS)
@@ -619,11 +609,9 @@ class WorkerGroup(Model):
 
     @model_validator(mode="after")
     @cel(
-        Cel("!has(self.maxReplicas) || @minReplicas <= self.maxReplicas",
-            "'must be at most maxReplicas (' + string(self.maxReplicas) + '), got ' + string(@minReplicas)", ".minReplicas"),
+        Cel("!has(self.maxReplicas) || @minReplicas <= self.maxReplicas", "must be at most maxReplicas", ".minReplicas"),
         Cel("@minReplicas <= @replicas && (!has(self.maxReplicas) || @replicas <= self.maxReplicas)",
-            "'must be between minReplicas (' + string(@minReplicas) + ') and maxReplicas ('"
-            " + (has(self.maxReplicas) ? string(self.maxReplicas) : 'unset') + '), got ' + string(@replicas)", ".replicas"),
+            "must be between minReplicas and maxReplicas", ".replicas"),
     )
     def _replica_bounds(self) -> "WorkerGroup":
         issues = []
@@ -656,8 +644,7 @@ class RayClusterSpec(Model):
     @field_validator("worker_groups")
     @classmethod
     @cel(Cel("!has(self.workerGroups) || self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))",
-             "'worker group names must be unique; repeated: ' + self.workerGroups.filter(g, "
-             "!self.workerGroups.exists_one(h, h.name == g.name)).map(g, g.name).join(', ')", ".workerGroups"))
+             "worker group names must be unique", ".workerGroups"))
     def _unique_names(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:
         names = [g.name for g in groups]
         dupes = sorted({n for n in names if names.count(n) > 1})
