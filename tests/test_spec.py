@@ -103,7 +103,7 @@ BAD_INPUT = [
     ("grid with hyperopt", dict(search={"algorithm": "hyperopt"}, parameters={"bs": {"grid": [1, 2]}}), "spec.parameters.bs.grid", "random or grid"),
     ("bayesopt with choice", dict(search={"algorithm": "bayesopt"}, parameters={"bs": {"choice": [1, 2]}}), "spec.parameters.bs.choice", "bayesopt supports only uniform"),
     ("grid search over a continuous range", dict(search={"algorithm": "grid"}), "spec.parameters.lr.loguniform", "discrete"),
-    ("unknown parameter in pointsToEvaluate", dict(search={"pointsToEvaluate": [{"lr": 0.01, "mom": 0.9}]}), "spec.search.pointsToEvaluate[0]", "unknown parameter(s) mom"),
+    ("unknown parameter in pointsToEvaluate", dict(search={"pointsToEvaluate": [{"lr": 0.01, "lrr": 0.9}]}), "spec.search.pointsToEvaluate[0].lrr", "unknown parameter(s) lrr; did you mean `lr`? allowed: lr"),
     ("warm-up steps for random search", dict(search={"randomWarmupSteps": 5}), "spec.search.randomWarmupSteps", "only used by hyperopt"),
     ("bad entrypoint format", dict(trainable={"entrypoint": "mnist.train"}), "spec.trainable.entrypoint", "package.module:function"),
     ("bad mode", dict(objective={"metric": "acc", "mode": "maximize"}), "spec.objective.mode", "did you mean `max`? allowed: max, min"),

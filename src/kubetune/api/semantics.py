@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
-from kubetune.api.errors import FieldIssue
+from kubetune.api.errors import FieldIssue, suggest
 from kubetune.api.rules import Cel, cel, operator_only
 from kubetune.api.spec import PARAMETER_KINDS, Scheduler
 
@@ -99,7 +99,12 @@ def _points_name_parameters(spec: "TuneExperimentSpec") -> list[FieldIssue]:
     issues = []
     for i, point in enumerate(spec.search.points_to_evaluate):
         unknown = sorted(set(point) - set(spec.parameters))
-        if unknown:
+        if len(unknown) == 1 and spec.parameters:
+            issues.append(FieldIssue(
+                f"search.pointsToEvaluate[{i}].{unknown[0]}",
+                f"unknown parameter(s) {unknown[0]}; {suggest(unknown[0], list(spec.parameters))}",
+            ))
+        elif unknown:
             issues.append(FieldIssue(
                 f"search.pointsToEvaluate[{i}]",
                 f"unknown parameter(s) {', '.join(unknown)}; parameters are: {', '.join(spec.parameters) or 'none'}",
