@@ -95,7 +95,7 @@ def operator_refuses(doc: dict) -> str | None:
     return "; ".join(f"{i.path}: {i.message}" for i in issues) or None
 
 
-def test_bad_specs_are_refused_at_apply_with_the_field(kube, namespace):
+def test_bad_specs_are_refused_at_apply_with_the_field(kube, namespace, capsys):
     table = []
     cases = [(c, change, path) for c, change, path, _ in BAD_INPUT] + ISSUE_6
     failures = []
@@ -126,9 +126,10 @@ def test_bad_specs_are_refused_at_apply_with_the_field(kube, namespace):
         table.append((case, "refused by the operator" if code == 201 and reason else f"{code}", reason or message))
         if code != 201 or not reason:
             failures.append(f"{case}: expected accepted at apply and refused by the operator; {code} {message} {reason}")
-    print("\n| bad spec | outcome | message |\n| --- | --- | --- |")
-    for case, outcome, message in table:
-        print(f"| {case} | {outcome} | {message.replace('|', '/')[:300]} |")
+    with capsys.disabled():
+        print("\n| bad spec | outcome | message |\n| --- | --- | --- |")
+        for case, outcome, message in table:
+            print(f"| {case} | {outcome} | {message.replace('|', '/')[:300]} |")
     assert not failures, "\n".join(failures)
 
 
@@ -167,7 +168,7 @@ def test_a_good_spec_with_every_section_is_accepted(kube, namespace):
     assert code == 201, message
 
 
-def test_a_500_kb_spec(kube, namespace):
+def test_a_500_kb_spec(kube, namespace, capsys):
     """#6 point 5: what happens to a 500 KB spec at apply (kopf's annotation diffbase holds at most 256 KiB)."""
     values = [f"value-{i:06d}-" + "x" * 40 for i in range(10_000)]  # ~540 KB
     shapes = {
@@ -182,7 +183,8 @@ def test_a_500_kb_spec(kube, namespace):
         assert size > 500_000
         code, message, _ = create(kube, namespace, doc)
         outcomes[shape] = (size, code, message[:200])
-        print(f"\n{shape}: {size:,} bytes of JSON -> {code} {message[:200]}")
+        with capsys.disabled():
+            print(f"\n{shape}: {size:,} bytes of JSON -> {code} {message[:200]}")
     assert outcomes["a 10,000-value choice list"][1] == 422
     assert "spec.parameters.x.choice" in k8s_path(outcomes["a 10,000-value choice list"][2])
     assert "must have at most 1000 items" in outcomes["a 10,000-value choice list"][2]
