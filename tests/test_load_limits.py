@@ -108,3 +108,11 @@ def test_set_values_are_parsed_with_limits(tmp_path):
     assert exp.spec.trainable.config["layers"] == [1, 2]
     with pytest.raises(SpecError, match="recursive"):
         load_experiment_file(path, ["spec.trainable.config.x=&a [*a]"])
+
+
+def test_parsed_documents_are_measured_in_bytes_too():
+    spec = experiment(trainable={"entrypoint": "a.b:c", "config": {"blob": "x" * MAX_DOCUMENT_BYTES}})["spec"]
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    where, message = issue(info)
+    assert where == "spec" and message.startswith("is 1,048,") and "at most 1,048,576" in message

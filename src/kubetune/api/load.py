@@ -9,6 +9,7 @@ parsing, in milliseconds, instead of growing in memory when the spec is validate
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -147,6 +148,10 @@ def check_limits(document: Any, source: str | None = None, prefix: str = "") -> 
         walk(document, prefix, 0)
     except _Limit as exc:
         raise SpecError([FieldIssue(exc.path, exc.message)], source) from None
+    # Within the value limit, serialising is cheap; the bytes are what a ConfigMap and etcd must hold.
+    size = len(json.dumps(document, default=str, separators=(",", ":")))
+    if size > MAX_DOCUMENT_BYTES:
+        raise SpecError([FieldIssue(prefix, f"is {size:,} bytes as JSON; a TuneExperiment may be at most {MAX_DOCUMENT_BYTES:,}")], source)
 
 
 def load_experiment(document: Any, source: str | None = None) -> TuneExperiment:
