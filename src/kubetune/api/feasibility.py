@@ -84,7 +84,8 @@ def nodes_from_spec(spec: "TuneExperimentSpec") -> list[NodeShape]:
     """The Ray nodes the operator's RayCluster offers to trials, as KubeRay starts them.
 
     KubeRay passes the container's CPU limit (rounded up), GPU count and memory limit to `ray start`
-    unless rayStartParams say otherwise; the head gets num-cpus=0 when there are worker groups.
+    unless rayStartParams say otherwise (generateRayStartCommand); the operator gives the head
+    num-cpus=0 when there are worker groups. Without autoscaling a group has `replicas` nodes.
     """
     from kubetune.api.spec import quantity_to_bytes
 
@@ -101,7 +102,8 @@ def nodes_from_spec(spec: "TuneExperimentSpec") -> list[NodeShape]:
         nodes.append(NodeShape(
             name=group.name,
             cpu=cpu if cpu is not None else float(math.ceil(_cpu_quantity(group.cpu))),
-            gpu=gpu if gpu is not None else float(group.gpu),
+            # KubeRay counts as Ray GPUs only extended resources whose name ends in "gpu"
+            gpu=gpu if gpu is not None else float(group.gpu if group.gpu_resource.endswith("gpu") else 0),
             memory_bytes=int(memory) if memory is not None else quantity_to_bytes(group.memory),
             count=top,
         ))
