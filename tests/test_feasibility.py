@@ -127,3 +127,24 @@ def test_nodes_from_ray_nodes():
     s = spec(trialResources={"cpu": 4})
     assert found(infeasible(s, nodes, where="Ray node")) == {
         "spec.trialResources.cpu": "one trial needs 4 CPU, but the largest Ray node (10.0.0.1) has 2 CPU, 0 GPU, 3.73Gi memory"}
+
+
+def test_every_example_smoke_fits_a_two_cpu_machine(tmp_path):
+    """--smoke must never hang on placement (issue #9 point 2): its trials fit the 2-CPU test machine."""
+    from pathlib import Path
+
+    import yaml
+
+    from kubetune.api.load import load_experiment_file
+    from kubetune.api.smoke import smoke_overrides
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")):
+        experiment_ = load_experiment_file(path)
+        smoked = load_experiment_file(path, smoke_overrides(experiment_)).spec
+        assert infeasible(smoked, [NodeShape("local", cpu=2.0)], where="Ray node") == [], path.name
+    # a 4-worker DDP spec is shrunk to 2 workers
+    four = tmp_path / "four.yaml"
+    four.write_text(yaml.safe_dump(experiment(distributed={"workers": 4})))
+    smoked = load_experiment_file(four, smoke_overrides(load_experiment_file(four))).spec
+    assert smoked.distributed.workers == 2
+    assert infeasible(smoked, [NodeShape("local", cpu=2.0)]) == []
