@@ -108,7 +108,8 @@ class Model(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields rejected."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel,  # only the CRD's camelCase names are accepted (errors suggest them)
+        alias_generator=to_camel,
+        populate_by_name=True,  # Python code may build a status with snake_case names
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
@@ -118,6 +119,12 @@ class Model(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The normalised wire form: camelCase, JSON types, unset optionals left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SpecModel(Model):
+    """A part of the spec: only the CRD's camelCase names are accepted (errors suggest them for snake_case)."""
+
+    model_config = ConfigDict(populate_by_name=False)
 
 
 Quantity = Annotated[
@@ -159,7 +166,7 @@ def quantity_to_bytes(value: str | int) -> int:
 # ---------------------------------------------------------------- parameters (search space)
 
 
-class Range(Model):
+class Range(SpecModel):
     """A continuous range [min, max)."""
 
     min: float
@@ -196,7 +203,7 @@ class QLogRange(LogRange):
     """Quantisation step."""
 
 
-class Normal(Model):
+class Normal(SpecModel):
     """A normal distribution."""
 
     mean: float = 0.0
@@ -212,7 +219,7 @@ class QNormal(Normal):
     """Quantisation step."""
 
 
-class IntRange(Model):
+class IntRange(SpecModel):
     """An integer range [min, max], both bounds inclusive."""
 
     min: int
@@ -249,7 +256,7 @@ class QLogIntRange(LogIntRange):
     """Step."""
 
 
-class PowersOfTwo(Model):
+class PowersOfTwo(SpecModel):
     """A choice among the powers of two from min to max, e.g. 4, 8, ..., 256 (as in the CIFAR10 tutorial's l1/l2)."""
 
     min: int = Field(ge=1)
@@ -287,7 +294,7 @@ INTEGER_KINDS = ("randint", "qrandint", "lograndint", "qlograndint")
 CATEGORICAL_KINDS = ("choice", "grid", "powersOfTwo")
 
 
-class Parameter(Model):
+class Parameter(SpecModel):
     """One hyperparameter: set exactly one of the distributions below."""
 
     uniform: Range | None = None
@@ -350,7 +357,7 @@ def to_snake(camel: str) -> str:
 # ---------------------------------------------------------------- the experiment
 
 
-class Trainable(Model):
+class Trainable(SpecModel):
     """The training function every trial runs."""
 
     entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=MAX_TEXT)]
@@ -361,7 +368,7 @@ class Trainable(Model):
     """Container image with the trainable (cluster runs); defaults to the operator's trial image."""
 
 
-class Objective(Model):
+class Objective(SpecModel):
     """What the search optimises."""
 
     metric: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -372,7 +379,7 @@ class Objective(Model):
     """Stop when a trial reaches this value (see stop.onGoal)."""
 
 
-class Search(Model):
+class Search(SpecModel):
     """The search algorithm and the trial budget."""
 
     algorithm: Literal["random", "grid", "hyperopt", "optuna", "bayesopt"] = "random"
@@ -393,7 +400,7 @@ class Search(Model):
 MutationValue = Union[Parameter, list[Any]]
 
 
-class Scheduler(Model):
+class Scheduler(SpecModel):
     """The trial scheduler: which trials to stop early, pause or perturb."""
 
     type: Literal["fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2"] = "fifo"
@@ -435,7 +442,7 @@ class Scheduler(Model):
         return [fields[name].alias or name for name in self.model_fields_set if name != "type"]
 
 
-class Stop(Model):
+class Stop(SpecModel):
     """When trials, or the whole experiment, stop."""
 
     max_iterations: int | None = Field(default=None, ge=1)
@@ -446,7 +453,7 @@ class Stop(Model):
     """When a trial reaches objective.goal: stop the experiment (as Katib does), only that trial, or nothing."""
 
 
-class TrialResources(Model):
+class TrialResources(SpecModel):
     """Resources of one trial (with distributed: of each of its workers)."""
 
     cpu: float = Field(default=1.0, gt=0)
@@ -471,7 +478,7 @@ class TrialResources(Model):
         return value
 
 
-class Distributed(Model):
+class Distributed(SpecModel):
     """Data-parallel training per trial: a Ray Train TorchTrainer with several workers (DDP)."""
 
     workers: int = Field(default=2, ge=1)
@@ -490,7 +497,7 @@ class Distributed(Model):
         return value
 
 
-class Checkpoint(Model):
+class Checkpoint(SpecModel):
     """How trials checkpoint."""
 
     num_to_keep: int | None = Field(default=None, ge=1)
@@ -501,14 +508,14 @@ class Checkpoint(Model):
     """Also checkpoint a trial's last iteration."""
 
 
-class Failure(Model):
+class Failure(SpecModel):
     """What happens when a trial fails."""
 
     max_retries: int = Field(default=0, ge=-1)
     """Times to restart a failed trial from its last checkpoint; -1 retries forever."""
 
 
-class Storage(Model):
+class Storage(SpecModel):
     """Where results and checkpoints go."""
 
     uri: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
@@ -525,7 +532,7 @@ class Storage(Model):
         return bool(self.uri and self.uri.startswith("s3://"))
 
 
-class Toleration(Model):
+class Toleration(SpecModel):
     """A Kubernetes toleration."""
 
     key: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
@@ -540,7 +547,7 @@ class Toleration(Model):
     """For NoExecute: how long the pod stays bound."""
 
 
-class HeadGroup(Model):
+class HeadGroup(SpecModel):
     """The Ray head pod."""
 
     cpu: Quantity = "2"
@@ -568,7 +575,7 @@ class HeadGroup(Model):
         return _check_ray_start_params(params)
 
 
-class WorkerGroup(Model):
+class WorkerGroup(SpecModel):
     """A group of identical Ray worker pods."""
 
     name: Annotated[str, StringConstraints(pattern=_DNS_LABEL_RE, max_length=30)]
@@ -625,7 +632,7 @@ class WorkerGroup(Model):
         return self
 
 
-class RayClusterSpec(Model):
+class RayClusterSpec(SpecModel):
     """The Ray cluster the operator creates for the experiment (ignored by `kubetune run`)."""
 
     ray_version: Annotated[str, StringConstraints(pattern=_VERSION_RE, max_length=64)] = "2.60.0"
@@ -653,14 +660,14 @@ class RayClusterSpec(Model):
         return groups
 
 
-class Cleanup(Model):
+class Cleanup(SpecModel):
     """What happens to the Ray cluster at the end."""
 
     delete_ray_cluster_on_finish: bool = True
     """Delete the RayCluster when the experiment succeeds or fails (storage is always kept)."""
 
 
-class TuneExperimentSpec(Model):
+class TuneExperimentSpec(SpecModel):
     """A hyperparameter search: what to train, over which space, how to search and where to store."""
 
     trainable: Trainable
@@ -713,7 +720,7 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class TuneExperiment(Model):
+class TuneExperiment(SpecModel):
     """A whole TuneExperiment document."""
 
     model_config = ConfigDict(extra="forbid")
