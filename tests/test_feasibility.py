@@ -148,3 +148,21 @@ def test_every_example_smoke_fits_a_two_cpu_machine(tmp_path):
     smoked = load_experiment_file(four, smoke_overrides(load_experiment_file(four))).spec
     assert smoked.distributed.workers == 2
     assert infeasible(smoked, [NodeShape("local", cpu=2.0)]) == []
+
+
+def test_head_only_clusters_say_so():
+    s = spec(trialResources={"gpu": 1})
+    assert found(infeasible(s, nodes_from_spec(s))) == {"spec.trialResources.gpu": (
+        "one trial needs 1 CPU + 1 GPU, but no node has a GPU (spec.rayCluster has no workerGroups, "
+        "so trials run on the head)")}
+
+
+def test_every_example_fits_its_own_ray_cluster():
+    """What the operator checks before it starts GPUs: each example runs on the cluster it asks for."""
+    from pathlib import Path
+
+    from kubetune.api.load import load_experiment_file
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")):
+        s = load_experiment_file(path).spec
+        assert infeasible(s, nodes_from_spec(s)) == [], path.name

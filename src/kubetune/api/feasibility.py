@@ -153,6 +153,13 @@ def infeasible(spec: "TuneExperimentSpec", nodes: Iterable[NodeShape], where: st
     `where` names the kind of node in messages: "worker group" for the spec's, "Ray node" for a live cluster.
     """
     nodes = [n for n in nodes if n.count > 0]
+    note = ""
+    if where == "worker group" and nodes and all(n.name == "head" for n in nodes):
+        where, note = "node", " (spec.rayCluster has no workerGroups, so trials run on the head)"
+    return [FieldIssue(i.path, i.message + note) for i in _infeasible(spec, nodes, where)]
+
+
+def _infeasible(spec: "TuneExperimentSpec", nodes: list[NodeShape], where: str) -> list[FieldIssue]:
     bundles = trial_demand(spec)
     field = "spec.distributed.workers" if spec.distributed is not None else "spec.trialResources"
     what = _what(spec, bundles)
