@@ -116,3 +116,15 @@ def test_parsed_documents_are_measured_in_bytes_too():
         load_spec(spec)
     where, message = issue(info)
     assert where == "spec" and message.startswith("is 1,048,") and "at most 1,048,576" in message
+
+
+def test_validate_and_the_driver_refuse_the_bomb(tmp_path, capsys):
+    from kubetune.cli import main
+    from kubetune.driver_main import load_driver_experiment
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb())
+    assert main(["validate", str(path)]) != 0
+    assert "once YAML aliases are expanded" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="once YAML aliases are expanded"):
+        load_driver_experiment(str(path), None, None)
