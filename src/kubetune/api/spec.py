@@ -73,7 +73,7 @@ NUMERIC_RAY_START_PARAMS = {
 
 def _ray_start_params_cel() -> list[Cel]:
     return [
-        # double quotes inside: PyYAML folds such a rule in the generated YAML
+        # CEL strings in double quotes, so the generated YAML needs no escaping
         Cel(f'!has(self.rayStartParams) || self.rayStartParams.all(k, k != "{key}" || '
             f'self.rayStartParams[k].matches("{pattern}"))',
             f"must be {words}", f".rayStartParams['{key}']",
