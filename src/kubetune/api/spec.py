@@ -51,16 +51,35 @@ _DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN_RE = describe_pattern(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
     "must be a Kubernetes object name: lowercase letters, digits, '-' and '.'")
+# Regexes checked by Python and, as CEL, by the API server (RE2: the same syntax; no backslashes, which
+# CEL strings would need escaped). The CEL rule concatenates 40-character pieces so that its YAML folds.
 # A container image reference as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@digest].
-_IMAGE_RE = describe_pattern((
-    r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
-    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
-    r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@[a-z0-9]+([+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"
-), "must be an image reference such as registry.example.com:5000/team/trials:1.2 (lowercase path, optional tag and @sha256 digest)")
+IMAGE_REFERENCE = (
+    (r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)([.][a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
+     r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*",
+     r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@[a-z0-9]+([+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"),
+    "must be an image reference such as registry.example.com:5000/team/trials:1.2 "
+    "(lowercase path, optional tag and sha256 digest)",
+)
 # A Ray version: 2.60.0, 2.9, 3.0.0rc1, 2.60.0.dev0.
-_VERSION_RE = describe_pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+)?([.-]?[a-zA-Z0-9]+)*$", "must be a Ray version such as 2.60.0")
+RAY_VERSION = ((r"^[0-9]+[.][0-9]+([.][0-9]+)?([.-]?[a-zA-Z0-9]+)*$",), "must be a Ray version such as 2.60.0")
 
-Image = Annotated[str, StringConstraints(pattern=_IMAGE_RE, max_length=512)]
+Image = Annotated[str, StringConstraints(max_length=512)]
+
+
+def _check_format(value: str | None, fmt: tuple[tuple[str, ...], str]) -> str | None:
+    pieces, words = fmt
+    if value is not None and not re.match("".join(pieces), value):
+        raise ValueError(f"{words}, got {value!r}")
+    return value
+
+
+def _format_cel(field: str, fmt: tuple[tuple[str, ...], str]) -> Cel:
+    pieces, words = fmt
+    whole = "".join(pieces)
+    regex = " + ".join(f"'{whole[i:i + 40]}'" for i in range(0, len(whole), 40))
+    return Cel(f"!has(self.{field}) || self.{field}.matches({regex})", words, f".{field}",
+               f"'{words}, got ' + self.{field}")
 
 # `ray start` parameters whose value must be a number; KubeRay passes them as strings.
 NUMERIC_RAY_START_PARAMS = {
@@ -367,6 +386,12 @@ class Trainable(SpecModel):
     image: Image | None = None
     """Container image with the trainable (cluster runs); defaults to the operator's trial image."""
 
+    @field_validator("image")
+    @classmethod
+    @cel(_format_cel("image", IMAGE_REFERENCE))
+    def _image_reference(cls, value: str | None) -> str | None:
+        return _check_format(value, IMAGE_REFERENCE)
+
 
 class Objective(SpecModel):
     """What the search optimises."""
@@ -635,7 +660,7 @@ class WorkerGroup(SpecModel):
 class RayClusterSpec(SpecModel):
     """The Ray cluster the operator creates for the experiment (ignored by `kubetune run`)."""
 
-    ray_version: Annotated[str, StringConstraints(pattern=_VERSION_RE, max_length=64)] = "2.60.0"
+    ray_version: Annotated[str, StringConstraints(max_length=64)] = "2.60.0"
     """Ray version of the image, passed to KubeRay."""
     image: Image | None = None
     """Image of head and workers; defaults to the trial image."""
@@ -647,6 +672,18 @@ class RayClusterSpec(SpecModel):
     """Let KubeRay's in-tree autoscaler add and remove workers between minReplicas and maxReplicas."""
     service_account_name: Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN_RE, max_length=MAX_NAME)] | None = None
     """Service account of the Ray pods."""
+
+    @field_validator("ray_version")
+    @classmethod
+    @cel(_format_cel("rayVersion", RAY_VERSION))
+    def _ray_version(cls, value: str) -> str:
+        return _check_format(value, RAY_VERSION)
+
+    @field_validator("image")
+    @classmethod
+    @cel(_format_cel("image", IMAGE_REFERENCE))
+    def _image_reference(cls, value: str | None) -> str | None:
+        return _check_format(value, IMAGE_REFERENCE)
 
     @field_validator("worker_groups")
     @classmethod
