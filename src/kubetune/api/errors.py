@@ -46,14 +46,7 @@ class SpecError(Exception):
 
 _PATTERN_HELP = {
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
-    r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$": 'must be "package.module:function", e.g. kubetune_trials.mnist:train',
 }
-
-
-def describe_pattern(pattern: str, help: str) -> str:
-    """Register the words shown instead of a regex when a value does not match `pattern`."""
-    _PATTERN_HELP[pattern] = help
-    return pattern
 
 
 def _join(*parts: Any) -> str:

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from kubetune.api.errors import FieldIssue, SemanticErrors, describe_pattern
+from kubetune.api.errors import FieldIssue, SemanticErrors
 from kubetune.api.rules import Cel, add_validations, cel, in_schema
 
 API_GROUP = "kubetune.io"
@@ -48,9 +48,6 @@ MAX_WORKER_GROUPS = 16
 MAX_MAP = 64  # node selectors, rayStartParams
 MAX_TOLERATIONS = 32
 _DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_DNS_SUBDOMAIN_RE = describe_pattern(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
-    "must be a Kubernetes object name: lowercase letters, digits, '-' and '.'")
 # Regexes checked by Python and, as CEL, by the API server (RE2: the same syntax; no backslashes, which
 # CEL strings would need escaped). The CEL rule concatenates 40-character pieces so that its YAML folds.
 # A container image reference as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@digest].
@@ -63,6 +60,12 @@ IMAGE_REFERENCE = (
 )
 # A Ray version: 2.60.0, 2.9, 3.0.0rc1, 2.60.0.dev0.
 RAY_VERSION = ((r"^[0-9]+[.][0-9]+([.][0-9]+)?([.-]?[a-zA-Z0-9]+)*$",), "must be a Ray version such as 2.60.0")
+ENTRYPOINT = ((r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",),
+              'must be "package.module:function", e.g. kubetune_trials.mnist:train')
+DNS_LABEL = ((_DNS_LABEL_RE,),
+             "must be a DNS label: lowercase letters, digits and -, starting and ending with a letter or digit")
+OBJECT_NAME = ((r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",),
+               "must be a Kubernetes object name: lowercase letters, digits, - and .")
 
 Image = Annotated[str, StringConstraints(max_length=512)]
 
@@ -379,7 +382,7 @@ def to_snake(camel: str) -> str:
 class Trainable(SpecModel):
     """The training function every trial runs."""
 
-    entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=MAX_TEXT)]
+    entrypoint: Annotated[str, StringConstraints(max_length=MAX_TEXT)]
     """The function to run, as "package.module:function"; it takes the trial's config dict."""
     config: dict[str, Any] = Field(default_factory=dict, max_length=MAX_CONFIG_KEYS)
     """Fixed settings passed to every trial; sampled parameters are added to (and override) these."""
@@ -391,6 +394,12 @@ class Trainable(SpecModel):
     @cel(_format_cel("image", IMAGE_REFERENCE))
     def _image_reference(cls, value: str | None) -> str | None:
         return _check_format(value, IMAGE_REFERENCE)
+
+    @field_validator("entrypoint")
+    @classmethod
+    @cel(_format_cel("entrypoint", ENTRYPOINT))
+    def _entrypoint_format(cls, value: str) -> str:
+        return _check_format(value, ENTRYPOINT)
 
 
 class Objective(SpecModel):
@@ -549,8 +558,14 @@ class Storage(SpecModel):
     """S3 endpoint URL for MinIO or another S3-compatible store, e.g. http://minio:9000."""
     region: Annotated[str, StringConstraints(max_length=64)] | None = None
     """S3 region."""
-    secret_ref: Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN_RE, max_length=MAX_NAME)] | None = None
+    secret_ref: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Name of a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (cluster runs)."""
+
+    @field_validator("secret_ref")
+    @classmethod
+    @cel(_format_cel("secretRef", OBJECT_NAME))
+    def _secret_name(cls, value: str | None) -> str | None:
+        return _check_format(value, OBJECT_NAME)
 
     @property
     def is_s3(self) -> bool:
@@ -603,7 +618,7 @@ class HeadGroup(SpecModel):
 class WorkerGroup(SpecModel):
     """A group of identical Ray worker pods."""
 
-    name: Annotated[str, StringConstraints(pattern=_DNS_LABEL_RE, max_length=30)]
+    name: Annotated[str, StringConstraints(max_length=30)]
     """Group name, a DNS label."""
     replicas: int = Field(default=1, ge=0)
     """Initial number of workers."""
@@ -639,6 +654,12 @@ class WorkerGroup(SpecModel):
     def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
         return _check_ray_start_params(params)
 
+    @field_validator("name")
+    @classmethod
+    @cel(_format_cel("name", DNS_LABEL))
+    def _dns_label(cls, value: str) -> str:
+        return _check_format(value, DNS_LABEL)
+
     @model_validator(mode="after")
     @cel(
         Cel("!has(self.maxReplicas) || @minReplicas <= self.maxReplicas", "must be at most maxReplicas", ".minReplicas"),
@@ -670,8 +691,14 @@ class RayClusterSpec(SpecModel):
     """Worker groups; trials run on these (and on the head when there are none)."""
     enable_autoscaling: bool = False
     """Let KubeRay's in-tree autoscaler add and remove workers between minReplicas and maxReplicas."""
-    service_account_name: Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN_RE, max_length=MAX_NAME)] | None = None
+    service_account_name: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Service account of the Ray pods."""
+
+    @field_validator("service_account_name")
+    @classmethod
+    @cel(_format_cel("serviceAccountName", OBJECT_NAME))
+    def _service_account_name(cls, value: str | None) -> str | None:
+        return _check_format(value, OBJECT_NAME)
 
     @field_validator("ray_version")
     @classmethod
