@@ -588,6 +588,7 @@ def _run_driver_pod(kube, cluster: Cluster, pod: dict, workdir: Path, ray_addres
     return code
 
 
+@pytest.mark.ray
 def test_end_to_end_quickstart_on_a_local_ray_head_and_s3(kube, namespace, cluster, operator_factory, s3_server, tmp_path):
     import boto3
 
