@@ -335,7 +335,7 @@ def test_raising_num_samples_continues_a_finished_experiment(kube, namespace, cl
     status = cluster.wait_phase("more", "Provisioning", op=op)
     assert status.get("completionTime") is None
     resumed = [e for e in cluster.events("more") if e["reason"] == "Resumed"]
-    assert resumed and "continuing it from storage" in resumed[0]["message"]
+    assert resumed and "starting over (local storage was not kept)" in resumed[0]["message"]
     wait_for(lambda: cluster.raycluster("more") is not None, "the RayCluster to be recreated", op=op)
     cm = cluster.configmaps("more")[0]
     assert json.loads(cm["data"]["spec.json"])["search"]["numSamples"] == 4

@@ -361,10 +361,12 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     if resumed_from in Phase.FINISHED and not spec_was_valid:
         resumed_from = None  # a fixed spec starts the run, it does not resume one
     resume_note = None
+    # Only object storage outlives the driver pod: with local storage a resumed run starts over.
+    how = "continuing it from storage" if spec.storage.is_s3 else "starting over (local storage was not kept)"
     if resumed_from == Phase.SUSPENDED:
-        resume_note = "resumed: continuing the experiment from storage"
+        resume_note = f"resumed: {how}"
     elif resumed_from is not None:
-        resume_note = f"the spec changed after the experiment ended ({resumed_from}): continuing it from storage"
+        resume_note = f"the spec changed after the experiment ended ({resumed_from}): {how}"
     if resumed_from is not None:
         d.status["completionTime"] = None
     d.status["driverJobName"] = job_name
@@ -380,13 +382,14 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     storage = spec.storage
     problems = pod_problems(obs.pods + pods_of_job(obs.driver_pods, job_name))
     if storage.secret_ref:
-        missing = next((p for p in problems if p.reason == "CreateContainerConfigError"
-                        and f'secret "{storage.secret_ref}" not found' in p.message), None)
-        if missing is not None:
+        lacking = [p for p in problems if p.reason == "CreateContainerConfigError"
+                   and f'secret "{storage.secret_ref}" not found' in p.message]
+        if lacking:
+            missing = lacking[0]
             message = (f"Secret {storage.secret_ref!r} (spec.storage.secretRef) not found in namespace {obs.namespace}: "
                        f"the pods cannot start ({missing}); create it and they start")
             d.cond(ConditionType.STORAGE_READY, False, Reason.SECRET_NOT_FOUND, message)
-            problems = [p for p in problems if p is not missing]
+            problems = [p for p in problems if p not in lacking]
         else:
             d.cond(ConditionType.STORAGE_READY, True, Reason.SECRET_REFERENCED,
                    f"the pods read the S3 credentials from Secret {storage.secret_ref!r} (a missing Secret shows "
