@@ -136,7 +136,7 @@ def rules_review(kube: KubeControlPlane, kubeconfig: Path, namespace: str) -> li
             resources = [f"{r}.{g}" if g else r for g in rule.api_groups or [""] for r in rule.resources or []]
             rows.append({"resources": sorted(resources), "names": sorted(rule.resource_names or []), "verbs": sorted(rule.verbs)})
         for rule in review.status.non_resource_rules:
-            rows.append({"urls": sorted(rule.non_resource_ur_ls), "verbs": sorted(rule.verbs)})
+            rows.append({"urls": sorted(rule.non_resource_urls), "verbs": sorted(rule.verbs)})
         return rows
     finally:
         client.close()
