@@ -1,8 +1,9 @@
 """Thin kopf handlers: every trigger runs the same idempotent reconcile (reconcile.py).
 
 * `tuneexperiment_create` / `_resume` / `_update` (spec): reconcile; an invalid spec is a
-  `kopf.PermanentError` (fixed only by a new spec); waiting on something no watch reports (pods that do
-  not start, a refused child) a `kopf.TemporaryError(delay=...)`, a refused child with growing delays.
+  `kopf.PermanentError` (fixed only by a new spec); a child the API server refused a
+  `kopf.TemporaryError` with a doubling delay; waiting on something no watch reports (pods that do not
+  start, a missing service account) a quiet re-check after KUBETUNE_RECHECK_SECONDS (no error logged).
 * `raycluster_event` / `job_event`: any change of a child (KubeRay marking it ready, the Job
   completing, a hand edit or deletion) reconciles its owner at once.
 * a periodic resync (a thread of ours, every KUBETUNE_RESYNC_SECONDS): a safety net. Not a kopf timer:
@@ -103,10 +104,14 @@ def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
             return
         if plan.permanent:
             raise kopf.PermanentError(f"invalid spec: {plan.permanent}")
+        if plan.retry_after and plan.backoff:
+            # A refused write: kopf retries the handler, doubling the delay up to 5 minutes.
+            raise kopf.TemporaryError(plan.status.get("message") or "refused",
+                                      delay=min(plan.retry_after * 2 ** min(retry, 8), 300.0))
         if plan.retry_after:
-            # A refused write backs off (doubling up to 5 minutes); a wait is a steady re-check.
-            delay = min(plan.retry_after * 2 ** min(retry, 8), 300.0) if plan.backoff else plan.retry_after
-            raise kopf.TemporaryError(plan.status.get("message") or "waiting", delay=delay)
+            # A wait (pods not starting, a missing service account) is no error: a quiet re-check later.
+            meta = body.get("metadata", {})
+            retry_later(meta["namespace"], meta["name"], plan.retry_after)
 
     resource = (API_GROUP, API_VERSION, PLURAL)
     backoff = settings.error_backoff_seconds
