@@ -731,6 +731,45 @@ class Cleanup(SpecModel):
     """Delete the RayCluster when the experiment succeeds or fails (storage is always kept)."""
 
 
+class PodOverlay(SpecModel):
+    """Additions to the pods of one role (driver, Ray head or Ray workers), merged over what the operator builds.
+
+    The operator's pods meet Pod Security `restricted` by default (runAsNonRoot, runAsUser 1000,
+    seccomp RuntimeDefault, no privilege escalation, every capability dropped); `securityContext` and
+    `containerSecurityContext` are merged over those defaults key by key.
+    """
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Pod annotations."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Pod labels (kubetune's own labels win)."""
+    affinity: dict[str, Any] | None = None
+    """A Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity)."""
+    priority_class_name: str | None = None
+    """PriorityClass of the pods."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Names of Secrets to pull the image with."""
+    security_context: dict[str, Any] = Field(default_factory=dict)
+    """A PodSecurityContext, merged over the restricted defaults."""
+    container_security_context: dict[str, Any] = Field(default_factory=dict)
+    """A SecurityContext for the main container, merged over the restricted defaults."""
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra pod volumes (Kubernetes Volume objects)."""
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra volumeMounts of the main container."""
+
+
+class PodOverlays(SpecModel):
+    """Per-role pod overlays (cluster runs; ignored by `kubetune run`)."""
+
+    driver: PodOverlay = Field(default_factory=PodOverlay)
+    """The driver Job's pod."""
+    head: PodOverlay = Field(default_factory=PodOverlay)
+    """The Ray head pod."""
+    worker: PodOverlay = Field(default_factory=PodOverlay)
+    """Every Ray worker pod."""
+
+
 class TuneExperimentSpec(SpecModel):
     """A hyperparameter search: what to train, over which space, how to search and where to store."""
 
@@ -762,6 +801,8 @@ class TuneExperimentSpec(SpecModel):
     """Clean-up at the end."""
     suspend: bool = False
     """Suspend: remove the Ray cluster and driver, keep storage; set back to false to resume."""
+    pods: PodOverlays = Field(default_factory=PodOverlays)
+    """Per-role pod overlays: annotations, labels, affinity, priorityClassName, imagePullSecrets, securityContext, volumes."""
 
     @model_validator(mode="after")
     def _semantics(self) -> "TuneExperimentSpec":
