@@ -102,8 +102,9 @@ def test_chart_values_reach_the_settings():
     settings = Settings.from_env(env)
     assert settings.trial_image == "registry.example.com/ml/kubetune-trial-custom:2026.11"
     assert settings.image_pull_policy == "Always" and settings.driver_service_account == "tuning-driver"
+    assert settings.allowed_image_prefixes == ("registry.example.com/ml/",) and settings.allowed_service_accounts == ("ray-workers",)
     env = _env(_deployment(render(files=[CHART / "ci" / "namespaced-values.yaml"])))
-    assert Settings.from_env(env).namespaces == ("team-a", "team-b")
+    assert Settings.from_env(env).watch_namespaces == ("team-a", "team-b")
     assert Settings.from_env(_env(_deployment(render()))).clusterwide
 
 
@@ -199,7 +200,7 @@ def test_namespaced_install_grants_nothing_cluster_wide():
 def test_cluster_wide_install_and_user_roles():
     docs = render(namespace="kubetune-system")
     (role,) = select(docs, "ClusterRole", "kubetune-operator")
-    assert {"customresourcedefinitions", "namespaces"} <= {r for rule in role["rules"] for r in rule["resources"]}
+    assert {"customresourcedefinitions"} <= {r for rule in role["rules"] for r in rule["resources"]}
     assert select(docs, "ClusterRoleBinding", "kubetune-operator")
     # The drivers' RBAC lands in the release's namespace unless told otherwise.
     assert select(docs, "Role", "kubetune-driver", "kubetune-system")
@@ -339,7 +340,7 @@ def test_helm_install_upgrade_uninstall(kube, tmp_path, capsys):
         (container,) = pod["spec"]["containers"]
         assert container["command"] == ["kubetune", "operator"] and pod["spec"]["serviceAccountName"] == name
         env = {e["name"]: e.get("value", "") for e in container["env"]}
-        env.update(KUBETUNE_METRICS_PORT=str(free_port()), KUBETUNE_RESYNC_SECONDS="5", KUBETUNE_SECRET_RETRY_SECONDS="1")
+        env.update(KUBETUNE_METRICS_PORT=str(free_port()), KUBETUNE_RESYNC_SECONDS="5", KUBETUNE_RECHECK_SECONDS="1")
         kubeconfig = kube.service_account_kubeconfig(namespace, name, tmp_path / "operator.kubeconfig")
         op = OperatorProcess(kubeconfig, tmp_path / "operator.log", None, env).start()
         kube.set_pod_phase(namespace, pod["metadata"]["name"], "Running")
@@ -374,7 +375,7 @@ def test_helm_install_upgrade_uninstall(kube, tmp_path, capsys):
     h.upgrade(release, namespace, {"driverRBAC": {"namespaces": [team]}, "watchNamespaces": [team],
                                    "operator": {"logLevel": "DEBUG"}})
     deployment = _get(kube, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    assert _env(deployment)["KUBETUNE_LOG_LEVEL"] == "DEBUG" and _env(deployment)["KUBETUNE_NAMESPACES"] == team
+    assert _env(deployment)["KUBETUNE_LOG_LEVEL"] == "DEBUG" and _env(deployment)["KUBETUNE_WATCH_NAMESPACES"] == team
     assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}") is None
     assert _get(kube, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/roles/{name}")
     history = json.loads(h("history", release, "--namespace", namespace, "--output", "json").stdout)
