@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from kubetune.api import exitcodes
+
+# `validate` exits 1 when a file has errors; `run` and `driver` use kubetune.api.exitcodes.
+EXIT_OK, EXIT_FAILED = exitcodes.OK, 1
 
 
 def _err(message: str) -> None:
@@ -60,20 +64,19 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from kubetune.api import SpecError
-    from kubetune.tune.storage import StorageError
 
-    console = Console(stderr=False)
     try:
         experiment = _load(args)
     except SpecError as exc:
         _err(exc.render())
-        return EXIT_USAGE
+        return exitcodes.BAD_SPEC
     from kubetune.tune.driver import run_experiment
-    from kubetune.tune.progress import LiveProgress, print_outcome
+    from kubetune.tune.progress import LiveProgress, make_console, print_outcome
+    from kubetune.tune.signals import Interrupted, exit_code
+    from kubetune.tune.storage import StorageError
 
+    console = make_console()
     name = experiment.metadata.name
 
     def announce(info: dict) -> None:
@@ -85,23 +88,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
                 experiment, storage_override=args.storage, sinks=[progress], num_cpus=args.num_cpus,
-                on_start=announce,
+                on_start=announce, verbose=args.verbose,
             )
     except SpecError as exc:
         _err(exc.render())
-        return EXIT_USAGE
-    except StorageError as exc:
+        return exitcodes.BAD_SPEC
+    except StorageError as exc:  # maybe passing (an endpoint down): a crash, worth a retry
         _err(str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        _err("interrupted; run the same command again to resume")
-        return EXIT_INTERRUPTED
+        return exitcodes.CRASHED
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _err(f"interrupted by {signal.Signals(signum).name} before any trial started; run the same command again to start")
+        return exit_code(signum)
     print_outcome(console, outcome)
     if outcome.status == "succeeded":
         console.print(f"[green]{outcome.message}[/]", highlight=False)
-        return EXIT_OK
-    _err(outcome.message)
-    return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_FAILED
+    else:
+        _err(outcome.message)
+    return outcome.exit_code
 
 
 def cmd_driver(args: argparse.Namespace) -> int:
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="results directory or s3:// URI (default: spec.storage.uri, else ./kubetune-results)")
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    run.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")
@@ -146,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     driver.add_argument("--namespace", default=os.environ.get("KUBETUNE_NAMESPACE"))
     driver.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
     driver.add_argument("--patch-status", action="store_true", help="patch the TuneExperiment's status through the Kubernetes API")
+    driver.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
     driver.set_defaults(func=cmd_driver)
 
     operator = sub.add_parser("operator", help="run the kopf operator")

@@ -8,6 +8,7 @@ spec, a log line or a status.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ class ResolvedStorage:
         fs = self.fs()
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as out:
-            out.write(json.dumps(data, indent=2, default=str).encode())
+            out.write(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False).encode())
 
     def read_json(self, relative: str) -> Any | None:
         path = f"{self.root.rstrip('/')}/{relative}"
@@ -63,6 +64,18 @@ class ResolvedStorage:
                 return json.loads(stream.read())
         except (FileNotFoundError, OSError):
             return None
+
+
+def json_safe(data: Any) -> Any:
+    """`data` with inf and NaN as the strings "inf", "-inf", "nan": strict JSON (the API server and
+    most JSON parsers refuse the bare `Infinity` and `NaN` that Python writes)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
 
 
 def read_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
