@@ -230,7 +230,7 @@ def run_experiment(
 
         trainable = build_trainable(spec)
         param_space = build_param_space(spec)
-        stopper = build_stopper(spec)
+        stopper = build_stopper(spec).activate()
         tracker = ExperimentTracker(
             metric=spec.objective.metric,
             mode=spec.objective.mode,
@@ -256,7 +256,8 @@ def run_experiment(
                 storage_filesystem=storage.filesystem,
             )
             # Tune restores the RunConfig and search algorithm it pickled: this run's display and
-            # stopper replace the old ones, and a raised numSamples extends the search.
+            # stopper replace the old ones (the pickled stopper unpickles to the active one, see
+            # ObjectiveStopper), and a raised numSamples extends the search.
             local = tuner._local_tuner
             local.get_run_config().callbacks = [tracker]
             local.get_run_config().stop = stopper

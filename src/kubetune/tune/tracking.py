@@ -336,8 +336,28 @@ class ExperimentTracker(Callback):
         self._refresh(trials, force=True)
 
 
+_ACTIVE_STOPPER: list["ObjectiveStopper"] = []
+
+
+def _active_stopper() -> "ObjectiveStopper":
+    """What an ObjectiveStopper unpickles to: this process's current one (see ObjectiveStopper.__reduce__)."""
+    return _ACTIVE_STOPPER[-1] if _ACTIVE_STOPPER else ObjectiveStopper("", "max", None, None, "none")
+
+
 class ObjectiveStopper(Stopper):
-    """stop.maxIterations, objective.goal (per stop.onGoal) and the reported-metric check."""
+    """stop.maxIterations, objective.goal (per stop.onGoal) and the reported-metric check.
+
+    Tune pickles its stopper into the experiment state and, on a resume, puts the unpickled one back in
+    place of the stopper it was given. An ObjectiveStopper therefore unpickles to the stopper the
+    current run activated, so that a changed `stop` section applies on resume.
+    """
+
+    def __reduce__(self):
+        return (_active_stopper, ())
+
+    def activate(self) -> "ObjectiveStopper":
+        _ACTIVE_STOPPER[:] = [self]
+        return self
 
     def __init__(self, metric: str, mode: str, max_iterations: int | None, goal: float | None, on_goal: str):
         self.metric, self.mode = metric, mode
@@ -353,6 +373,8 @@ class ObjectiveStopper(Stopper):
         return reason is not None
 
     def _reason(self, trial_id: str, result: dict[str, Any]) -> str | None:
+        if not self.metric:  # a placeholder unpickled outside a run
+            return None
         if self.metric not in result:
             if self.missing_metric is None:
                 self.missing_metric = sorted(k for k in result if k not in AUTO_RESULT_KEYS)
