@@ -61,7 +61,7 @@ def test_every_trial_failing_fails_the_experiment(ray_local, tmp_path):
                               search={"numSamples": 2}))
     outcome = run_experiment(exp, storage_override=str(tmp_path))
     assert outcome.status == "failed" and "all 2 trial(s) failed" in outcome.message
-    assert outcome.snapshot.counts["error"] == 2
+    assert outcome.snapshot.counts["error"] == 2 and outcome.exit_code == 3
 
 
 def test_unreachable_s3_fails_before_any_trial(tmp_path, monkeypatch):
@@ -220,3 +220,93 @@ def test_raising_num_samples_continues_a_finished_experiment(ray_local, tmp_path
     for t in more.snapshot.trials:
         if t.id in old:
             assert t.metric == old[t.id].metric and t.config == old[t.id].config
+
+
+# ---------------------------------------------------------------- true states, best trial, errors in words (#9)
+
+
+def test_errored_trials_carry_the_exception_in_words_and_are_never_best(ray_local, tmp_path):
+    exp = load_experiment(doc("fails-words", "tests.trainables:reports_then_fails", {"x": {"grid": [1, 2, 3]}},
+                              search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "failed" and outcome.exit_code == 3
+    # grouped by error, in words, no path to Ray's session folder
+    assert "ValueError: bad batch at x=" in outcome.message and "error.txt" not in outcome.message
+    assert outcome.best is None  # the errored trials reported 100, the best score of all
+    saved = json.loads((tmp_path / "fails-words" / "kubetune-results.json").read_text())
+    assert saved["bestTrial"] is None
+    for t in saved["trials"]:
+        assert t["state"] == "error"
+        assert t["error"]["type"] == "ValueError" and t["error"]["message"] == f"bad batch at x={t['config']['x']}"
+        assert any("reports_then_fails" in line for line in t["error"]["traceback"]), t["error"]
+        assert not any("/tmp/ray" in line or "error.txt" in line for line in t["error"]["traceback"])
+    assert len(saved["errors"]) == 3 and all(len(group["trials"]) == 1 for group in saved["errors"])
+
+
+def test_all_trials_with_the_same_error_are_one_group(ray_local, tmp_path):
+    exp = load_experiment(doc("fails-same", "tests.trainables:always_fails", {"x": {"grid": [1, 2, 3]}},
+                              search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert "all 3 trial(s) failed: RuntimeError: boom from the trainable (3 trial(s)" in outcome.message
+    saved = json.loads((tmp_path / "fails-same" / "kubetune-results.json").read_text())
+    [group] = saved["errors"]
+    assert group["error"] == "RuntimeError: boom from the trainable"
+    assert sorted(group["trials"]) == sorted(t["id"] for t in saved["trials"])
+
+
+def test_scheduler_early_stops_are_their_own_state(ray_local, tmp_path):
+    exp = load_experiment(doc(
+        "asha-states", "kubetune_trials.sleep:train", {"x": {"grid": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]}},
+        config={"iterations": 8, "sleep_s": 0.01},
+        search={"numSamples": 1, "maxConcurrentTrials": 2},
+        scheduler={"type": "asha", "maxT": 8, "gracePeriod": 1, "reductionFactor": 2},
+    ))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    by_state = {}
+    for t in outcome.snapshot.trials:
+        by_state.setdefault(t.state, []).append(t)
+    assert set(by_state) <= {"terminated", "stopped"}
+    assert by_state.get("stopped"), "ASHA stopped no trial"
+    assert all(t.iteration < 8 for t in by_state["stopped"]) and all(t.iteration == 8 for t in by_state["terminated"])
+    counts = outcome.snapshot.counts
+    assert counts["stopped"] == len(by_state["stopped"]) and counts["terminated"] + counts["stopped"] == 8
+    # still stopped, not terminated, after a resume (the mark lives in the saved experiment)
+    again = run_experiment(exp, storage_override=str(tmp_path))
+    assert {t.id: t.state for t in again.snapshot.trials} == {t.id: t.state for t in outcome.snapshot.trials}
+
+
+def test_best_trial_tie_rule_does_not_depend_on_order():
+    from kubetune.tune.tracking import Snapshot, TrialRecord
+
+    def rec(trial_id, metric, iteration, state="terminated"):
+        return TrialRecord(trial_id, state, {}, metric, iteration, {}, None)
+
+    trials = [rec("b", 0.9, 5), rec("a", 0.9, 5), rec("c", 0.9, 3), rec("d", 0.5, 1), rec("e", 1.0, 1, "error")]
+    picks = set()
+    import itertools
+    for order in itertools.permutations(trials):
+        picks.add(Snapshot("score", "max", 5, list(order)).best.id)
+    assert picks == {"c"}  # better metric, then fewer iterations ("e" failed, so it is never best)
+    assert Snapshot("score", "max", 2, [rec("b", 0.9, 5), rec("a", 0.9, 5)]).best.id == "a"
+    assert Snapshot("loss", "min", 2, [rec("b", 0.1, 5), rec("a", 0.2, 1)]).best.id == "b"
+
+
+def test_infinite_and_nan_metrics_never_break_json_or_the_status(ray_local, tmp_path):
+    from kubetune.driver_main import status_fields
+
+    exp = load_experiment(doc("inf", "tests.trainables:infinite", {"x": {"grid": [0.25, 0.75]}}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    assert outcome.best.metric == 0.75
+    text = (tmp_path / "inf" / "kubetune-results.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert saved["bestTrial"]["metric"] == 0.75
+    assert all(t["last_result"]["aux"] == "-inf" for t in saved["trials"])
+    # a snapshot taken while a trial's last result was inf: the status body is strict JSON
+    from kubetune.tune.tracking import Snapshot, TrialRecord
+
+    snap = Snapshot("score", "max", 1, [TrialRecord("t", "running", {"lr": float("nan")}, None, 1,
+                                                    {"score": float("inf")}, None)])
+    json.dumps(status_fields(snap), allow_nan=False)
+    assert status_fields(snap)["trials"]["running"] == 1
