@@ -41,9 +41,13 @@ TERMINATION_MESSAGE_ENV = "KUBETUNE_TERMINATION_MESSAGE_PATH"
 
 def write_termination_message(message: str) -> None:
     """One line saying why the driver stopped, for the pod's terminated state (and the operator's status)."""
-    path = os.environ.get(TERMINATION_MESSAGE_ENV) or exitcodes.TERMINATION_MESSAGE_PATH
-    directory = os.path.dirname(path) or "."
-    if not os.access(directory, os.W_OK) and not os.access(path, os.W_OK):
+    path = os.environ.get(TERMINATION_MESSAGE_ENV)
+    if not path:
+        # Kubernetes mounts this file into every container; elsewhere (a laptop, as root) /dev is no place for it.
+        path = exitcodes.TERMINATION_MESSAGE_PATH
+        if not os.access(path, os.W_OK):
+            return
+    elif not os.access(os.path.dirname(path) or ".", os.W_OK):
         return
     line = " ".join(message.split())[:1000]  # Kubernetes keeps at most 4 KiB of it
     try:

@@ -103,9 +103,22 @@ class StopSignals:
             time.sleep(grace)
             sys.stderr.write(f"kubetune: stopping took longer than {grace:g} s ({GRACE_ENV}); exiting\n")
             sys.stderr.flush()
+            _kill_embedded_ray()
             os._exit(code)
 
         threading.Thread(target=watchdog, name="kubetune-stop-watchdog", daemon=True).start()
+
+
+def _kill_embedded_ray() -> None:
+    """Kill the Ray processes this process started (an embedded Ray), so none outlive a forced exit."""
+    try:
+        from ray._private import worker
+
+        node = getattr(worker, "_global_node", None)
+        if node is not None and getattr(node, "head", False):
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+    except Exception:  # best effort on the way out
+        pass
 
 
 def stop_tune_loop() -> bool:
