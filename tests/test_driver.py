@@ -310,3 +310,38 @@ def test_infinite_and_nan_metrics_never_break_json_or_the_status(ray_local, tmp_
                                                     {"score": float("inf")}, None)])
     json.dumps(status_fields(snap), allow_nan=False)
     assert status_fields(snap)["trials"]["running"] == 1
+
+
+def test_sampled_parameters_the_trainable_never_reads_are_named(ray_local, tmp_path):
+    exp = load_experiment(doc("unread", "tests.trainables:reads_snake_case",
+                              {"lr": {"uniform": {"min": 0.1, "max": 1}}, "batchSize": {"choice": [16, 64]}},
+                              search={"numSamples": 2}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    [warning] = outcome.snapshot.warnings
+    assert "did not read batchSize" in warning and "lr" not in warning.split("did not read")[1].split("from")[0]
+    assert "batch_size -> batchSize" in warning
+    saved = json.loads((tmp_path / "unread" / "kubetune-results.json").read_text())
+    assert saved["warnings"] == [warning]
+    assert all("kubetune_unread_parameters" not in t["last_result"] for t in saved["trials"])
+
+
+def test_a_trainable_that_reads_its_parameters_gets_no_warning(ray_local, tmp_path):
+    exp = load_experiment(doc("allread", "tests.trainables:leaky", {"x": {"grid": [1, 2]}}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded" and outcome.snapshot.warnings == []
+
+
+def test_reading_the_whole_config_counts_as_reading_every_key():
+    import pickle
+
+    from kubetune.trial import ReadTrackingConfig
+
+    for use in (dict, lambda c: {**c}, lambda c: list(c), lambda c: c.items(), pickle.dumps):
+        config = ReadTrackingConfig({"lr": 0.1, "batchSize": 32})
+        use(config)
+        assert config.unread(["lr", "batchSize"]) == []
+    config = ReadTrackingConfig({"lr": 0.1, "batchSize": 32})
+    assert config["lr"] == 0.1 and config.get("batch_size") is None and "momentum" not in config
+    assert config.unread(["lr", "batchSize"]) == ["batchSize"] and config.missing == {"batch_size", "momentum"}
+    assert type(pickle.loads(pickle.dumps(config))) is dict

@@ -78,3 +78,10 @@ def fixed_score(config):
     """The same score for every trial: a tie that only the documented rule can break."""
     for _ in range(config.get("iterations", 2)):
         trial.report({"score": 0.5})
+
+
+def reads_snake_case(config):
+    """Reads batch_size although the experiment samples batchSize; reads lr."""
+    batch_size = config.get("batch_size", 32)
+    for i in range(2):
+        trial.report({"score": config["lr"] * batch_size + i})

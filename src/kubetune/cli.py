@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,37 @@ def _err(message: str) -> None:
     print(f"kubetune: {message}", file=sys.stderr)
 
 
+# Top-level modules each extra brings; a verb that misses one says which extra to install.
+EXTRA_MODULES = {
+    "operator": {"kopf", "kubernetes", "prometheus_client"},
+    "tune": {"ray", "pyarrow", "rich", "hyperopt", "optuna", "bayes_opt", "boto3", "botocore", "cloudpickle"},
+    "trials": {"torch", "torchvision", "lightning", "sklearn", "tensorboardX"},
+}
+
+
+def missing_extra(exc: ImportError, verb: str) -> str | None:
+    """ "`kubetune operator` needs the 'operator' extra: ..." for a module an extra provides, else None."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    for extra, modules in EXTRA_MODULES.items():
+        if top in modules:
+            return (f"`kubetune {verb}` needs the '{extra}' extra, which is not installed here (no module {top!r}): "
+                    f"pip install 'kubetune[{extra}]'")
+    return None
+
+
+def _with_extras(verb: str, func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ImportError as exc:
+            message = missing_extra(exc, verb)
+            if message is None:
+                raise
+            _err(message)
+            return exitcodes.CRASHED
+    return run
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from kubetune.api import SpecError
     from kubetune.api.load import load_experiment, read_documents
@@ -30,11 +62,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise SpecError([], path)
             for doc in docs:
                 experiment = load_experiment(doc, path)
+                entrypoint = experiment.spec.trainable.entrypoint
                 if args.check_entrypoint:
                     from kubetune.tune.trainable import import_entrypoint
 
-                    import_entrypoint(experiment.spec.trainable.entrypoint)
-                print(f"{path}: ok ({experiment.metadata.name})")
+                    import_entrypoint(entrypoint)
+                    checked = f"entrypoint {entrypoint} imported, takes the config"
+                else:
+                    checked = "entrypoint not imported; --check-entrypoint imports it"
+                print(f"{path}: ok ({experiment.metadata.name}; {checked})")
         except SpecError as exc:
             failed += 1
             if not exc.issues:
@@ -57,6 +93,9 @@ def _load(args: argparse.Namespace):
     from kubetune.api.smoke import smoke_overrides
 
     overrides = list(args.set or [])
+    if getattr(args, "storage", None):
+        # --storage is spec.storage.uri: validated like it, and spec.storage.endpoint etc. work with it
+        overrides.insert(0, f"spec.storage.uri={json.dumps(args.storage)}")
     experiment = load_experiment_file(args.file, overrides)
     if getattr(args, "smoke", False):
         experiment = load_experiment_file(args.file, smoke_overrides(experiment) + overrides)
@@ -69,7 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         experiment = _load(args)
     except SpecError as exc:
-        _err(exc.render())
+        text = exc.render()
+        if args.storage:
+            text = text.replace("spec.storage.uri:", "--storage (spec.storage.uri):")
+        _err(text)
         return exitcodes.BAD_SPEC
     from kubetune.tune.driver import run_experiment
     from kubetune.tune.progress import LiveProgress, make_console, print_outcome
@@ -87,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
-                experiment, storage_override=args.storage, sinks=[progress], num_cpus=args.num_cpus,
+                experiment, sinks=[progress], num_cpus=args.num_cpus,
                 on_start=announce, verbose=args.verbose,
             )
     except SpecError as exc:
@@ -116,11 +158,8 @@ def cmd_driver(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    try:
-        from kubetune.controller.main import main as operator_main
-    except ImportError as exc:
-        _err(f"the operator needs the 'operator' extra (pip install 'kubetune[operator]'): {exc}")
-        return EXIT_FAILED
+    from kubetune.controller.main import main as operator_main
+
     return operator_main(args)
 
 
@@ -135,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     run.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=_with_extras("run", cmd_run))
 
     validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")
     validate.add_argument("files", nargs="+")
     validate.add_argument("--check-entrypoint", action="store_true", help="also import each trainable entrypoint")
-    validate.set_defaults(func=cmd_validate)
+    validate.set_defaults(func=_with_extras("validate --check-entrypoint", cmd_validate))
 
     crd = sub.add_parser("crd", help="print the TuneExperiment CustomResourceDefinition generated from the spec model")
     crd.set_defaults(func=cmd_crd)
@@ -152,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     driver.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
     driver.add_argument("--patch-status", action="store_true", help="patch the TuneExperiment's status through the Kubernetes API")
     driver.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
-    driver.set_defaults(func=cmd_driver)
+    driver.set_defaults(func=_with_extras("driver", cmd_driver))
 
     operator = sub.add_parser("operator", help="run the kopf operator")
     operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_NAMESPACES)")
-    operator.set_defaults(func=cmd_operator)
+    operator.set_defaults(func=_with_extras("operator", cmd_operator))
     return parser
 
 

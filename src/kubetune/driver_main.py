@@ -220,6 +220,9 @@ def _main(args: argparse.Namespace) -> tuple[int, str]:
     def progress_line(snapshot: Snapshot) -> None:
         from kubetune.tune.progress import summary_line
 
+        for text in snapshot.warnings[getattr(progress_line, "warned", 0):]:
+            log.warning(text)
+        progress_line.warned = len(snapshot.warnings)  # type: ignore[attr-defined]
         now = time.monotonic()
         if now - getattr(progress_line, "last", 0.0) >= 10:
             progress_line.last = now  # type: ignore[attr-defined]

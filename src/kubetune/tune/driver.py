@@ -219,9 +219,11 @@ def run_experiment(
     from kubetune.tune.space import build_param_space, max_iterations
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
+    if storage_override:
+        experiment = with_storage_uri(experiment, storage_override)
     spec, name = experiment.spec, experiment.metadata.name
     with StopSignals() as signals:
-        storage = resolve_storage(spec.storage, storage_override)
+        storage = resolve_storage(spec.storage)
         check_storage(storage)
         importable_cwd()
         import_entrypoint(spec.trainable.entrypoint)
@@ -281,6 +283,15 @@ def run_experiment(
         _write_results(storage, name, spec, outcome)
         outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
         return outcome
+
+
+def with_storage_uri(experiment: TuneExperiment, uri: str) -> TuneExperiment:
+    """The experiment with spec.storage.uri replaced, validated as if the file said so (--storage)."""
+    from kubetune.api.load import load_experiment
+
+    document = experiment.dump()
+    document["spec"].setdefault("storage", {})["uri"] = uri
+    return load_experiment(document, "--storage")
 
 
 def _conclude(spec: TuneExperimentSpec, snapshot: Snapshot, stopper: ObjectiveStopper, uri: str, restored: bool) -> Outcome:
@@ -358,6 +369,7 @@ def results_document(name: str, spec: TuneExperimentSpec, outcome: Outcome) -> d
         "bestTrial": best.to_dict() if best else None,
         "bestTrialRule": BEST_TRIAL_RULE,
         "errors": [{"error": text, "trials": ids} for text, ids in outcome.snapshot.errors()],
+        "warnings": outcome.snapshot.warnings,
         "trials": [t.to_dict() for t in sorted(outcome.snapshot.trials, key=lambda t: best_key(t, spec.objective.mode))],
     }
 

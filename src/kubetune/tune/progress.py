@@ -66,6 +66,7 @@ class LiveProgress:
         self.line_interval_s = line_interval_s
         self._last_line = 0.0
         self._last_text = ""
+        self._warned = 0
 
     def __enter__(self) -> "LiveProgress":
         if self.console.is_terminal:
@@ -79,6 +80,9 @@ class LiveProgress:
             self.live = None
 
     def __call__(self, snapshot: Snapshot) -> None:
+        for text in snapshot.warnings[self._warned:]:
+            self.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+        self._warned = len(snapshot.warnings)
         if self.live is not None:
             self.live.update(self.render(snapshot))
             return

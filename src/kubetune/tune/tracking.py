@@ -27,7 +27,8 @@ AUTO_RESULT_KEYS = {
 # Written into a result by ExperimentTracker when the scheduler stops a trial before its last
 # iteration; it lives in the trial's last result, so the experiment state keeps it across a resume.
 EARLY_STOP_KEY = "kubetune_early_stopped"
-AUTO_RESULT_KEYS.add(EARLY_STOP_KEY)
+UNREAD_KEY = "kubetune_unread_parameters"  # kubetune.trial.UNREAD_KEY (the driver does not import the trial API)
+AUTO_RESULT_KEYS |= {EARLY_STOP_KEY, UNREAD_KEY}
 
 
 class TrialState:
@@ -90,6 +91,7 @@ class Snapshot:
     trials: list[TrialRecord] = field(default_factory=list)
     elapsed_s: float = 0.0
     interrupted_by: str | None = None  # SIGINT / SIGTERM when the run was interrupted
+    warnings: list[str] = field(default_factory=list)  # e.g. sampled parameters the trainable never reads
 
     @property
     def counts(self) -> dict[str, int]:
@@ -238,6 +240,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def unread_warning(unread: list[str], missing: list[str]) -> str:
+    """spec.parameters the trainable did not read in its first iteration (with the keys it looked for instead)."""
+    if not unread:
+        return ""
+    names = ", ".join(unread)
+    text = (f"spec.parameters: the trainable did not read {names} from its config by its first result, "
+            f"so searching over {'them' if len(unread) > 1 else 'it'} changes nothing")
+    if missing:
+        text += f"; it looked for {', '.join(missing)}, which the config does not have"
+        close = [f"{m} -> {u}" for m in missing for u in unread if _similar(m, u)]
+        if close:
+            text += f" (rename: {', '.join(close)})"
+    return text
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    norm = lambda s: s.replace("_", "").replace("-", "").lower()  # noqa: E731
+    return norm(a) == norm(b) or difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() > 0.8
+
+
 class ExperimentTracker(Callback):
     """Keeps a Snapshot of the experiment and notifies sinks (at most every `interval_s`).
 
@@ -267,6 +291,7 @@ class ExperimentTracker(Callback):
         self.interrupted_by: str | None = None  # set by the driver when a signal stops the run
         self._errors: dict[str, dict[str, Any]] = {}
         self._stop_sent = False
+        self.warnings: list[str] = []
         self._last_emit = 0.0
         self._start = time.monotonic()
         self.snapshot = Snapshot(metric, mode, budget)
@@ -290,6 +315,7 @@ class ExperimentTracker(Callback):
              for t in trials],
             elapsed_s=now - self._start,
             interrupted_by=self.interrupted_by,
+            warnings=list(self.warnings),
         )
         for sink in self.sinks:
             sink(self.snapshot)
@@ -307,7 +333,14 @@ class ExperimentTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._mark_early_stop(trial, result)  # Tune stores this result as the trial's last result next
-        self._refresh(trials)
+        unread = result.pop(UNREAD_KEY, None)
+        if unread:
+            self._warn(unread_warning(unread.get("unread", []), unread.get("missing", [])))
+        self._refresh(trials, force=bool(unread))
+
+    def _warn(self, text: str) -> None:
+        if text and text not in self.warnings:
+            self.warnings.append(text)  # the sinks show it (Snapshot.warnings)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._refresh(trials, force=True)
