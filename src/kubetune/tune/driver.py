@@ -125,6 +125,8 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(level)
     for name in ("optuna", "hyperopt", "bayes_opt", "ax"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if "optuna" in sys.modules:  # optuna sets its own level when it is first imported (by the searcher)
+        sys.modules["optuna"].logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
     # Ray announces its (default, kept) token authentication on every start; it is not news to a user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.INFO if verbose else logging.ERROR)
@@ -274,6 +276,7 @@ def run_experiment(
         if on_start:
             on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
         log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
+        configure_logging(verbose)  # again: the searcher's library is imported by now
         tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
         signals.phase = "after"
         # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
