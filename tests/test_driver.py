@@ -345,3 +345,29 @@ def test_reading_the_whole_config_counts_as_reading_every_key():
     assert config["lr"] == 0.1 and config.get("batch_size") is None and "momentum" not in config
     assert config.unread(["lr", "batchSize"]) == ["batchSize"] and config.missing == {"batch_size", "momentum"}
     assert type(pickle.loads(pickle.dumps(config))) is dict
+
+
+def test_a_finished_trial_is_in_the_saved_state_at_once_though_saves_are_throttled(tmp_path):
+    """State saves are at most every TUNE_GLOBAL_CHECKPOINT_S (5 s) but forced when a trial finishes."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = doc("throttle", "tests.trainables:quick_or_slow", {"x": {"grid": [0.2, 0.9]}},
+               config={"marks": str(marks), "slow_s": 120}, search={"numSamples": 1})
+    path = tmp_path / "throttle.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = _run_cli(path, tmp_path / "store", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+    try:
+        _wait_for(lambda: list(marks.glob("done-*")), 180, "the quick trial")
+        quick = next(marks.glob("done-*")).name[len("done-"):]
+
+        def saved_terminated():
+            for state in (tmp_path / "store" / "throttle").glob("experiment_state-*.json"):
+                text = state.read_text()
+                if quick in text and '\\"status\\": \\"TERMINATED\\"' in text.split(quick, 1)[1][:4000]:
+                    return True
+            return False
+
+        _wait_for(saved_terminated, 60, "the finished trial in the saved experiment state")
+    finally:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(30)

@@ -85,3 +85,16 @@ def reads_snake_case(config):
     batch_size = config.get("batch_size", 32)
     for i in range(2):
         trial.report({"score": config["lr"] * batch_size + i})
+
+
+def quick_or_slow(config):
+    """x < 0.5 finishes at once; the others wait `slow_s` (long enough to read the saved experiment state)."""
+    from pathlib import Path
+
+    if config["x"] < 0.5:
+        trial.report({"score": config["x"]})
+        Path(config["marks"], f"done-{trial.context().trial_id}").write_text("1")
+        return
+    for i in range(int(config.get("slow_s", 60) / 0.5)):
+        time.sleep(0.5)
+        trial.report({"score": config["x"]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -262,6 +263,24 @@ def _similar(a: str, b: str) -> bool:
     return norm(a) == norm(b) or difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() > 0.8
 
 
+def _save_state_at_next_step() -> None:
+    """Make Tune save (and upload) the experiment state at its next step, whatever its period.
+
+    The state is saved at most every TUNE_GLOBAL_CHECKPOINT_S seconds; a trial that just finished must
+    not wait for that, or a driver killed meanwhile would run it again. Callbacks are not given the
+    controller, so it is found among the callers (TuneController.stop_trial / _process_trial_failure).
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return
+        manager = getattr(frame.f_locals.get("self"), "_checkpoint_manager", None)
+        if manager is not None and hasattr(manager, "_should_force_sync_up"):
+            manager._should_force_sync_up = True
+            return
+
+
 class ExperimentTracker(Callback):
     """Keeps a Snapshot of the experiment and notifies sinks (at most every `interval_s`).
 
@@ -346,9 +365,11 @@ class ExperimentTracker(Callback):
         self._refresh(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        _save_state_at_next_step()
         self._refresh(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        _save_state_at_next_step()
         self._errors[trial.trial_id] = error_details(trial)
         self._refresh(trials, force=True)
 
