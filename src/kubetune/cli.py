@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     driver.set_defaults(func=_with_extras("driver", cmd_driver))
 
     operator = sub.add_parser("operator", help="run the kopf operator")
-    operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_NAMESPACES)")
+    operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_WATCH_NAMESPACES)")
     operator.set_defaults(func=_with_extras("operator", cmd_operator))
     return parser
 
