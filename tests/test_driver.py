@@ -371,3 +371,42 @@ def test_a_finished_trial_is_in_the_saved_state_at_once_though_saves_are_throttl
     finally:
         _kill_group(proc, signal.SIGKILL)
         proc.wait(30)
+
+
+# ---------------------------------------------------------------- no silent hang (#9 point 2)
+
+
+@pytest.mark.parametrize("resources, distributed, field, words", [
+    ({"cpu": 0.5}, {"workers": 4}, "spec.distributed.workers", "4 worker(s) of 0.5 CPU"),
+    ({"cpu": 1, "gpu": 1}, None, "spec.trialResources.gpu", "no Ray node has a GPU"),
+    ({"cpu": 3}, None, "spec.trialResources.cpu", "3 CPU"),
+], ids=["ddp-4x0.5-on-2", "gpu-without-gpu", "3-cpu-on-2"])
+def test_a_trial_that_can_never_be_placed_is_refused_at_start(ray_local, tmp_path, resources, distributed, field, words):
+    from kubetune.api import SpecError
+
+    extra = {"distributed": distributed} if distributed else {}
+    exp = load_experiment(doc("never", "kubetune_trials.sleep:train", {"x": {"uniform": {"min": 0, "max": 1}}},
+                              trialResources=resources, **extra))
+    with pytest.raises(SpecError) as info:
+        run_experiment(exp, storage_override=str(tmp_path))
+    [issue] = info.value.issues
+    assert issue.path == field and words in issue.message, issue
+    assert not (tmp_path / "never").exists()  # refused before Tune wrote anything
+
+
+def test_a_trial_waiting_for_resources_is_reported_with_rays_pending_demand(ray_local, tmp_path, monkeypatch):
+    from kubetune.tune.progress import summary_line
+
+    monkeypatch.setenv("KUBETUNE_PENDING_REPORT_SECONDS", "1")
+    seen = []
+    exp = load_experiment(doc("queued", "kubetune_trials.sleep:train", {"x": {"grid": [0.2, 0.8]}},
+                              config={"iterations": 60, "sleep_s": 0.1}, search={"numSamples": 1},
+                              trialResources={"cpu": 2}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path), sinks=[seen.append])
+    assert outcome.status == "succeeded", outcome.message
+    reasons = [t.pending_reason for s in seen for t in s.trials if t.pending_reason]
+    assert reasons, "no snapshot reported the waiting trial"
+    assert "Ray cannot place 1 x (2 CPU) yet; free: 0 CPU of 2 CPU" in reasons[0], reasons[0]
+    line = next(summary_line(s) for s in seen if any(t.pending_reason for t in s.trials))
+    assert " waiting: Ray cannot place 1 x (2 CPU) yet" in line
+    assert all(t.pending_reason is None for t in outcome.snapshot.trials)  # nothing waits at the end

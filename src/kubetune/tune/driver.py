@@ -231,6 +231,7 @@ def run_experiment(
         import_entrypoint(spec.trainable.entrypoint)
         ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
         signals.install()  # again: ray.init() replaced the SIGTERM handler
+        check_feasible(spec, cluster=bool(address or os.environ.get("RAY_ADDRESS")))
 
         trainable = build_trainable(spec)
         param_space = build_param_space(spec)
@@ -286,6 +287,25 @@ def run_experiment(
         _write_results(storage, name, spec, outcome)
         outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
         return outcome
+
+
+def check_feasible(spec: TuneExperimentSpec, cluster: bool) -> None:
+    """Refuse, before any trial starts, a trial that can never be placed (SpecError naming the field).
+
+    Locally the embedded Ray's nodes are all there will be. On a cluster the autoscaler may still add
+    the spec's worker groups, so a trial must fit either a live node or a worker group.
+    """
+    import ray
+
+    from kubetune.api.errors import SpecError
+    from kubetune.api.feasibility import infeasible, nodes_from_ray, nodes_from_spec
+
+    nodes = nodes_from_ray(ray.nodes())
+    if cluster:
+        nodes += nodes_from_spec(spec)
+    issues = infeasible(spec, nodes, where="Ray node")
+    if issues:
+        raise SpecError(issues)
 
 
 def with_storage_uri(experiment: TuneExperiment, uri: str) -> TuneExperiment:

@@ -263,6 +263,51 @@ def _similar(a: str, b: str) -> bool:
     return norm(a) == norm(b) or difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() > 0.8
 
 
+PENDING_ENV = "KUBETUNE_PENDING_REPORT_SECONDS"
+DEFAULT_PENDING_S = 60.0
+
+
+def _resources_text(resources: dict[str, float]) -> str:
+    """{"CPU": 0.5, "GPU": 1, "memory": 2**31} -> "0.5 CPU, 1 GPU, 2 GiB memory" (Ray's internal keys left out)."""
+    parts = []
+    for key, value in resources.items():
+        if key.startswith(("node:", "bundle_group", "accelerator_type")) or key == "object_store_memory" or "_group_" in key:
+            continue
+        if key == "memory":
+            parts.append(f"{value / 2**30:.3g} GiB memory")
+        else:
+            parts.append(f"{value:g} {key}")
+    return ", ".join(parts) or "nothing"
+
+
+def pending_demand_text() -> str | None:
+    """What Ray cannot place right now, in words, with what is free (None when nothing waits).
+
+    The same demand `ray status` lists under "Pending Demands", read from the GCS (a few ms).
+    """
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+        free, total = ray.available_resources(), ray.cluster_resources()
+    except Exception:  # an older or remote GCS without the autoscaler state: say nothing rather than guess
+        return None
+    waiting = []
+    for demand in demands.ray_task_actor_demand:
+        waiting += [f"{b.count} x ({_resources_text(b.bundle)})" for b in demand.bundles_by_count]
+    for demand in demands.placement_group_demand:
+        bundles = " + ".join(f"{b.count} x ({_resources_text(b.bundle)})" for b in demand.bundles_by_count)
+        waiting.append(f"[{bundles}]" if len(demand.bundles_by_count) > 1 else bundles)
+    if not waiting:
+        return None
+    shown = ", ".join(waiting[:4]) + (f" and {len(waiting) - 4} more" if len(waiting) > 4 else "")
+    have = _resources_text({k: total[k] for k in ("CPU", "GPU") if k in total})
+    free_text = _resources_text({k: free.get(k, 0.0) for k in ("CPU", "GPU") if k in total})
+    return f"Ray cannot place {shown} yet; free: {free_text} of {have}"
+
+
 def _save_state_at_next_step() -> None:
     """Make Tune save (and upload) the experiment state at its next step, whatever its period.
 
@@ -311,6 +356,13 @@ class ExperimentTracker(Callback):
         self._errors: dict[str, dict[str, Any]] = {}
         self._stop_sent = False
         self.warnings: list[str] = []
+        # A trial waiting longer than this is reported with Ray's pending demand (KUBETUNE_PENDING_REPORT_SECONDS).
+        self.pending_after_s = float(os.environ.get(PENDING_ENV) or DEFAULT_PENDING_S)
+        # trial id -> (status, since when): pending, or running without a result (a DDP trial's workers)
+        self._waiting_since: dict[str, tuple[str, float]] = {}
+        self._pending_reasons: dict[str, str] = {}
+        self._demand_checked = float("-inf")
+        self._demand_text: str | None = None
         self._last_emit = 0.0
         self._start = time.monotonic()
         self.snapshot = Snapshot(metric, mode, budget)
@@ -328,16 +380,45 @@ class ExperimentTracker(Callback):
             return
         self._last_emit = now
         interrupted = self.interrupted_by is not None
+        self._find_waiting(trials, now)
+        records = [trial_record(t, self.metric, self.parameter_names, self.storage, interrupted, self._errors.get(t.trial_id))
+                   for t in trials]
+        for record in records:
+            if record.state in (TrialState.PENDING, TrialState.RUNNING):
+                record.pending_reason = self._pending_reasons.get(record.id)
         self.snapshot = Snapshot(
             self.metric, self.mode, self.budget,
-            [trial_record(t, self.metric, self.parameter_names, self.storage, interrupted, self._errors.get(t.trial_id))
-             for t in trials],
+            records,
             elapsed_s=now - self._start,
             interrupted_by=self.interrupted_by,
             warnings=list(self.warnings),
         )
         for sink in self.sinks:
             sink(self.snapshot)
+
+    def _find_waiting(self, trials: list[Any], now: float) -> None:
+        """Trials pending, or running without a new result, for longer than pending_after_s get Ray's
+        pending demand as their reason (checked at most every 5 s)."""
+        waiting = set()
+        for t in trials:
+            if t.status in ("PENDING", "RUNNING"):
+                waiting.add(t.trial_id)
+                if self._waiting_since.get(t.trial_id, (None,))[0] != t.status:
+                    self._waiting_since[t.trial_id] = (t.status, now)
+        for trial_id in list(self._waiting_since):
+            if trial_id not in waiting:
+                del self._waiting_since[trial_id]
+        pending = {t.trial_id for t in trials if t.status == "PENDING"}
+        # A running trial's wait is its own (a TorchTrainer's workers) only when no trial is pending.
+        candidates = pending or {t.trial_id for t in trials if t.status == "RUNNING"}
+        long = [i for i in candidates if now - self._waiting_since.get(i, (None, now))[1] >= self.pending_after_s]
+        if not long:
+            self._pending_reasons = {}
+            return
+        if now - self._demand_checked >= 5.0:
+            self._demand_checked = now
+            self._demand_text = pending_demand_text()
+        self._pending_reasons = {i: self._demand_text for i in long} if self._demand_text else {}
 
     def _mark_early_stop(self, trial: Any, result: dict[str, Any]) -> None:
         """A `done` result the stopper did not ask for, before the last iteration: the scheduler stopped it."""
@@ -351,6 +432,7 @@ class ExperimentTracker(Callback):
         result[EARLY_STOP_KEY] = True
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._waiting_since[trial.trial_id] = (trial.status, time.monotonic())  # a result: it is not waiting
         self._mark_early_stop(trial, result)  # Tune stores this result as the trial's last result next
         unread = result.pop(UNREAD_KEY, None)
         if unread:
