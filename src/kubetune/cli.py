@@ -75,17 +75,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kubetune.tune.progress import LiveProgress, print_outcome
 
     name = experiment.metadata.name
+    from kubetune.tune.telemetry import serve_or_warn
+
+    served = None if args.no_metrics else serve_or_warn(args.metrics_port, "127.0.0.1", _err)
 
     def announce(info: dict) -> None:
         verb = "Resuming" if info["restored"] else "Starting"
         console.print(f"{verb} experiment [bold]{name}[/]: {info['budget']} trial(s), storage {info['experiment_uri']}",
                       highlight=False)
+        if served:
+            console.print(f"Metrics: http://127.0.0.1:{served[1]}/metrics", highlight=False)
 
     try:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
                 experiment, storage_override=args.storage, sinks=[progress], num_cpus=args.num_cpus,
-                on_start=announce,
+                on_start=announce, metrics=not args.no_metrics,
             )
     except SpecError as exc:
         _err(exc.render())
@@ -96,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _err("interrupted; run the same command again to resume")
         return EXIT_INTERRUPTED
+    finally:
+        if served:
+            served[0].shutdown()
     print_outcome(console, outcome)
     if outcome.status == "succeeded":
         console.print(f"[green]{outcome.message}[/]", highlight=False)
@@ -130,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="results directory or s3:// URI (default: spec.storage.uri, else ./kubetune-results)")
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBETUNE_METRICS_PORT") or 9450),
+                     help="serve Prometheus metrics of the driver and trials on 127.0.0.1:PORT/metrics during the run "
+                          "(default 9450 or KUBETUNE_METRICS_PORT; 0 picks a free port)")
+    run.add_argument("--no-metrics", action="store_true", help="neither collect nor serve metrics")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")

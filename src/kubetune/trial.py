@@ -31,9 +31,12 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from kubetune.trial_stats import RESULT_KEY, TrialStats, directory_bytes
 
 STATE_FILE = "state.pt"
 META_FILE = "kubetune.json"
@@ -58,6 +61,7 @@ class TrialContext:
 
 _context = TrialContext()
 _iteration = 0
+_stats = TrialStats()
 
 
 def context() -> TrialContext:
@@ -67,9 +71,10 @@ def context() -> TrialContext:
 
 def bind(ctx: TrialContext | Mapping[str, Any], iteration: int = 0) -> None:
     """Install a context, e.g. in each TorchTrainer worker from the trial's `context().to_dict()`."""
-    global _context, _iteration
+    global _context, _iteration, _stats
     _context = ctx if isinstance(ctx, TrialContext) else TrialContext(**ctx)
     _iteration = iteration
+    _stats = TrialStats()
 
 
 def iteration() -> int:
@@ -112,24 +117,36 @@ def report(
     state: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     *,
     final: bool = False,
+    samples: int | None = None,
 ) -> None:
     """Report one iteration's metrics; checkpoint `state` when the experiment asks for it.
 
     Pass `final=True` on the last iteration so that `checkpoint.atEnd` is honoured even when the
-    trainable decides its own number of iterations.
+    trainable decides its own number of iterations, and `samples` (training samples of this
+    iteration) for the kubetune_trial_samples_per_second metric.
     """
     global _iteration
     _iteration += 1
     metrics = dict(metrics)
     if state is None or not should_checkpoint(final=final):
-        _ray_report(metrics, None)
+        _ray_report(_with_stats(metrics, _stats.collect(samples)), None)
         return
     with tempfile.TemporaryDirectory(prefix="kubetune-ckpt-") as tmp:
         if _is_checkpoint_writer():
+            start = time.perf_counter()
             save_state(tmp, state() if callable(state) else state)
-            _ray_report(metrics, tmp)
+            saved = time.perf_counter()
+            _ray_report(_with_stats(metrics, _stats.collect(samples, saved - start, directory_bytes(tmp))), tmp)
+            _stats.pending_upload_s = time.perf_counter() - saved
         else:
-            _ray_report(metrics, None)
+            _ray_report(_with_stats(metrics, _stats.collect(samples)), None)
+
+
+def _with_stats(metrics: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    # Only when there is something to say: a plain CPU trial's results stay as the user wrote them.
+    if stats and RESULT_KEY not in metrics:
+        metrics[RESULT_KEY] = stats
+    return metrics
 
 
 def load_state() -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ import kopf
 
 from kubetune.api.errors import FieldIssue, SpecError
 from kubetune.api.load import load_spec
-from kubetune.controller import builders, metrics, phases
+from kubetune import metrics
+from kubetune.controller import builders, phases
 from kubetune.controller.kube import Kube
 from kubetune.controller.settings import Settings
 
@@ -78,10 +79,12 @@ def apply_action(kube: Kube, action: phases.Action, owner: Mapping[str, Any], na
         manifest = dict(action.body or {})
         kopf.adopt(manifest, owner=owner)  # owner reference (controller) + namespace, for GC on deletion
         kube.create(manifest)
+        metrics.METRICS["kubetune_operator_children_created"].labels(action.kind).inc()
     elif action.verb.startswith("patch_") or action.verb == "repair":
         kube.patch(action.kind, namespace, action.name, action.body or {})
     elif action.verb.startswith("delete_"):
         kube.delete(action.kind, namespace, action.name)
+        metrics.METRICS["kubetune_operator_children_deleted"].labels(action.kind).inc()
     else:
         raise ValueError(f"unknown action {action.verb}")
 
@@ -94,6 +97,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
         # Re-read under the lock: a body handed over by kopf may be older than another thread's patch.
         fresh = kube.get_experiment(namespace, name)
         if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+            metrics.METRICS.experiments.observe(namespace, name, None)
             return None  # ownerReferences and the garbage collector remove the children
         obs = observe(kube, fresh, settings)
         plan = phases.plan(obs, settings)
@@ -106,7 +110,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
             kube.post_event(fresh, type_, reason, message)
             log.info("%s/%s: %s %s", namespace, name, reason, message)
         if "phase" in patch:
-            metrics.PHASE_TRANSITIONS.labels(phase=plan.status.get("phase", "")).inc()
+            metrics.METRICS["kubetune_operator_phase_transitions"].labels(plan.status.get("phase", "")).inc()
+        metrics.METRICS.experiments.observe(namespace, name, plan.status.get("phase") or obs.status.get("phase"))
         return plan
 
 

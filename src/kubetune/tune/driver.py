@@ -167,6 +167,7 @@ def run_experiment(
     address: str | None = None,
     num_cpus: int | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
+    metrics: bool = True,
 ) -> Outcome:
     """Run the experiment to the end, or resume it when its storage already holds it.
 
@@ -175,6 +176,7 @@ def run_experiment(
     from ray import tune
 
     from kubetune.tune.space import build_param_space
+    from kubetune.tune.telemetry import observer_for
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
     spec, name = experiment.spec, experiment.metadata.name
@@ -195,6 +197,7 @@ def run_experiment(
         storage=(storage.uri, storage.root),
         sinks=list(sinks or []),
     )
+    callbacks = [tracker, observer_for(experiment, storage, tracker.budget, export=metrics)]
     experiment_path = storage.experiment_path(name)
     experiment_uri = storage.experiment_uri(name)
     restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)
@@ -210,7 +213,7 @@ def run_experiment(
         # Tune restores the RunConfig and search algorithm it pickled: this run's display and
         # stopper replace the old ones, and a raised numSamples extends the search.
         local = tuner._local_tuner
-        local.get_run_config().callbacks = [tracker]
+        local.get_run_config().callbacks = callbacks
         local.get_run_config().stop = stopper
         local._tune_config.search_alg.extend_to = tracker.budget
     else:
@@ -218,7 +221,7 @@ def run_experiment(
             trainable,
             param_space=param_space,
             tune_config=build_tune_config(spec),
-            run_config=build_run_config(spec, name, storage, [tracker], stopper),
+            run_config=build_run_config(spec, name, storage, callbacks, stopper),
         )
     if on_start:
         on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
