@@ -192,6 +192,38 @@ def definition_of(sample_name: str) -> MetricDef | None:
     return None
 
 
+def label_problems(definitions: tuple[MetricDef, ...] | list[MetricDef] = DEFINITIONS) -> list[str]:
+    """Metrics whose labels have no declared bound (a config value, a path or an error text would be one)."""
+    problems = []
+    for d in definitions:
+        if not d.name.startswith("kubetune_"):
+            problems.append(f"{d.name}: not named kubetune_…")
+        for label in d.labels:
+            if label not in LABEL_BOUNDS:
+                problems.append(f"{d.name}: label {label!r} has no declared bound")
+    return problems
+
+
+def sample_problems(exposition: str) -> list[str]:
+    """Problems in a /metrics text: kubetune_ samples of undefined metrics, or label values outside their bounds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    problems = []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if not sample.name.startswith("kubetune_"):
+                continue
+            if definition_of(sample.name) is None:
+                problems.append(f"{sample.name}: no definition in kubetune.metrics")
+                continue
+            for label, value in sample.labels.items():
+                try:
+                    check_label_value(sample.name, label, value)
+                except UnboundedLabel as exc:
+                    problems.append(str(exc))
+    return problems
+
+
 def readme_table() -> str:
     """The metrics table of the README (tests/test_metrics.py keeps it in sync)."""
     rows = ["| metric | type | labels | from | meaning |", "| --- | --- | --- | --- | --- |"]
