@@ -43,6 +43,7 @@ class Panel:
     width: int = 12
     height: int = 8
     stacked: bool = False
+    core: bool = True  # shows data wherever its source runs (False: needs a GPU)
 
 
 @dataclass
@@ -145,12 +146,12 @@ def experiment() -> Dashboard:
             ], "Mean checkpoint size, and the bytes per second the experiment writes to storage.", unit="bytes"),
             Panel("Trial GPU memory", "timeseries", [Query("kubetune_trial_gpu_memory_bytes{%s}" % EXP, "{{trial}}")],
                   "Peak GPU memory each trial allocated in its last iteration: room left for a bigger batch or "
-                  "a smaller GPU fraction.", unit="bytes"),
+                  "a smaller GPU fraction.", unit="bytes", core=False),
             Panel("GPU utilisation (Ray nodes)", "timeseries", [
                 Query('avg by (pod) (ray_node_gpus_utilization{namespace="$namespace", pod=~"$experiment-.*"})', "{{pod}}"),
                 Query("avg(kubetune_trial_gpu_utilization_ratio{%s}) * 100" % EXP, "trials (mean)"),
             ], "Utilisation of the RayCluster's GPUs from Ray's node metrics (percent), and as the trials see it.",
-                source="ray", unit="percent"),
+                source="ray", unit="percent", core=False),
             Panel("Time budget used", "stat", [
                 Query("kubetune_time_budget_used_ratio{%s}" % EXP, "budget used"),
             ], "Share of stop.timeBudgetSeconds spent (only for experiments with a time budget).", unit="percentunit",
