@@ -282,3 +282,15 @@ def test_series_left_after_an_experiment_do_not_grow_with_its_trials(ray_local, 
           f"(within the TTL: {counts[2][0]} and {counts[100][0]})")
     assert counts[100][1] == counts[2][1]
     assert counts[100][0] == counts[2][0] + 98 * 2  # objective and iteration of each finished trial, until the TTL
+
+
+def test_driver_pod_exposes_its_metrics_port():
+    from kubetune.api.load import load_spec
+    from kubetune.controller.builders import build_driver_job
+    from kubetune.controller.settings import Settings
+
+    spec = load_spec(_doc("x", "tests.metric_trainables:quick", {"x": {"grid": [1]}})["spec"])
+    job = build_driver_job("x", "team-a", spec, Settings.from_env({}))
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert {"containerPort": metrics.DRIVER_METRICS_PORT, "name": "metrics"} in container["ports"]
+    assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "driver"

@@ -416,6 +416,9 @@ def instrument_api_client(api_client: Any, metrics: Metrics = METRICS) -> Any:
 
 # ---------------------------------------------------------------- serving
 
+# The driver pod's /metrics port (a container port named `metrics`), also `kubetune run`'s default.
+DRIVER_METRICS_PORT = 9450
+
 
 def serve(port: int, address: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY):
     """Serve /metrics in a thread; returns (server, port). Port 0 picks a free one."""

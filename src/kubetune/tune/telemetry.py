@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from kubetune.metrics import METRICS, Metrics, serve, trial_ttl_from_env
+from kubetune.metrics import DRIVER_METRICS_PORT, METRICS, Metrics, serve, trial_ttl_from_env
 from kubetune.trial_stats import RESULT_KEY
 
 log = logging.getLogger("kubetune.driver")
@@ -247,7 +247,7 @@ def observer_for(experiment: Any, storage: Any, planned_trials: int, export: boo
     )
 
 
-DEFAULT_PORT = 9450
+DEFAULT_PORT = DRIVER_METRICS_PORT
 PORT_ENV = "KUBETUNE_DRIVER_METRICS_PORT"
 
 
