@@ -294,3 +294,21 @@ def test_driver_pod_exposes_its_metrics_port():
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert {"containerPort": metrics.DRIVER_METRICS_PORT, "name": "metrics"} in container["ports"]
     assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "driver"
+
+
+def test_metrics_port_setting_and_a_busy_port():
+    import socket
+
+    from kubetune.tune.telemetry import serve_or_warn
+
+    assert metrics.driver_metrics_port({}) == 9450
+    assert metrics.driver_metrics_port({"KUBETUNE_DRIVER_METRICS_PORT": "0"}) == 0
+    with pytest.raises(ValueError, match="KUBETUNE_DRIVER_METRICS_PORT: 'nine' is not a port number"):
+        metrics.driver_metrics_port({"KUBETUNE_DRIVER_METRICS_PORT": "nine"})
+    warnings = []
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert serve_or_warn(busy.getsockname()[1], "127.0.0.1", warnings.append) is None
+    assert len(warnings) == 1 and "metrics not served" in warnings[0]
+    assert serve_or_warn(0, "127.0.0.1", warnings.append) is None and len(warnings) == 1

@@ -74,10 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kubetune.tune.driver import run_experiment
     from kubetune.tune.progress import LiveProgress, print_outcome
 
-    name = experiment.metadata.name
+    from kubetune.metrics import driver_metrics_port
     from kubetune.tune.telemetry import serve_or_warn
 
-    served = None if args.no_metrics else serve_or_warn(args.metrics_port, "127.0.0.1", _err)
+    name = experiment.metadata.name
+    try:
+        port = driver_metrics_port() if args.metrics_port is None else args.metrics_port
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    served = None if args.no_metrics else serve_or_warn(port, "127.0.0.1", _err)
 
     def announce(info: dict) -> None:
         verb = "Resuming" if info["restored"] else "Starting"
@@ -138,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="results directory or s3:// URI (default: spec.storage.uri, else ./kubetune-results)")
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBETUNE_METRICS_PORT") or 9450),
+    run.add_argument("--metrics-port", type=int, default=None,
                      help="serve Prometheus metrics of the driver and trials on 127.0.0.1:PORT/metrics during the run "
-                          "(default 9450 or KUBETUNE_METRICS_PORT; 0 picks a free port)")
+                          "(default 9450 or KUBETUNE_DRIVER_METRICS_PORT; 0: don't serve)")
     run.add_argument("--no-metrics", action="store_true", help="neither collect nor serve metrics")
     run.set_defaults(func=cmd_run)
 

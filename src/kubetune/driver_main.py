@@ -193,10 +193,9 @@ def main(args: argparse.Namespace) -> int:
             log.info(summary_line(snapshot))
 
     sinks = [progress_line] + ([patcher] if patcher else [])
-    from kubetune.tune.telemetry import DEFAULT_PORT, PORT_ENV, serve_or_warn
+    from kubetune.tune.telemetry import serve_from_env
 
-    # Driver and trial metrics for a PodMonitor (port named `metrics` on the driver Job's pod); 0 turns them off.
-    serve_or_warn(int(os.environ.get(PORT_ENV) or DEFAULT_PORT) or None, "0.0.0.0", log.warning)
+    serve_from_env(log.warning)  # driver and trial metrics, on the driver pod's port named `metrics`
     node = None
     address = args.address or os.environ.get("RAY_ADDRESS")
     if _truthy(os.environ.get(JOIN_ENV)) and address and not address.startswith("ray://"):

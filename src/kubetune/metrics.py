@@ -418,6 +418,19 @@ def instrument_api_client(api_client: Any, metrics: Metrics = METRICS) -> Any:
 
 # The driver pod's /metrics port (a container port named `metrics`), also `kubetune run`'s default.
 DRIVER_METRICS_PORT = 9450
+DRIVER_METRICS_PORT_ENV = "KUBETUNE_DRIVER_METRICS_PORT"
+
+
+def driver_metrics_port(environ: Mapping[str, str] | None = None) -> int:
+    """KUBETUNE_DRIVER_METRICS_PORT (0: don't serve), else 9450."""
+    import os
+
+    raw = (environ if environ is not None else os.environ).get(DRIVER_METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return DRIVER_METRICS_PORT
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ValueError(f"{DRIVER_METRICS_PORT_ENV}: {raw!r} is not a port number (0-65535; 0 turns metrics off)")
+    return int(raw)
 
 
 def serve(port: int, address: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from kubetune.metrics import DRIVER_METRICS_PORT, METRICS, Metrics, serve, trial_ttl_from_env
+from kubetune.metrics import METRICS, Metrics, serve, trial_ttl_from_env
 from kubetune.trial_stats import RESULT_KEY
 
 log = logging.getLogger("kubetune.driver")
@@ -247,16 +247,26 @@ def observer_for(experiment: Any, storage: Any, planned_trials: int, export: boo
     )
 
 
-DEFAULT_PORT = DRIVER_METRICS_PORT
-PORT_ENV = "KUBETUNE_DRIVER_METRICS_PORT"
 
 
 def serve_or_warn(port: int | None, address: str, warn: Callable[[str], None]) -> tuple[Any, int] | None:
-    """Start the /metrics server; a busy port costs the metrics, not the run."""
-    if not port and port != 0:
+    """Start the /metrics server (None or 0: don't); a busy port costs the metrics, not the run."""
+    if not port:
         return None
     try:
         return start_server(port, address)
     except OSError as exc:
         warn(f"metrics not served: cannot listen on {address}:{port}: {exc.strerror or exc}")
         return None
+
+
+def serve_from_env(warn: Callable[[str], None], address: str = "0.0.0.0") -> tuple[Any, int] | None:
+    """The driver pod's server on KUBETUNE_DRIVER_METRICS_PORT; a bad value costs the metrics, not the run."""
+    from kubetune.metrics import driver_metrics_port
+
+    try:
+        port = driver_metrics_port()
+    except ValueError as exc:
+        warn(f"metrics not served: {exc}")
+        return None
+    return serve_or_warn(port, address, warn)
