@@ -312,3 +312,28 @@ def test_metrics_port_setting_and_a_busy_port():
         assert serve_or_warn(busy.getsockname()[1], "127.0.0.1", warnings.append) is None
     assert len(warnings) == 1 and "metrics not served" in warnings[0]
     assert serve_or_warn(0, "127.0.0.1", warnings.append) is None and len(warnings) == 1
+
+
+def test_a_trial_reports_its_samples_and_checkpoint_cost(capsys):
+    """Outside Ray, trial.report prints what it would send: the user's metrics plus kubetune's `_kubetune` figures."""
+    import ast
+
+    from kubetune import trial
+    from kubetune.trial_stats import RESULT_KEY
+
+    trial.bind(trial.TrialContext(checkpoint_frequency=2))
+    try:
+        trial.report({"score": 1.0})  # nothing to add: the result stays as written
+        trial.report({"score": 2.0}, state={"weights": list(range(1000))}, samples=128)
+        trial.report({"score": 3.0}, samples=128)
+    finally:
+        trial.bind(trial.TrialContext())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[kubetune.trial]")]
+    results = [ast.literal_eval(line.split(": ", 1)[1].removesuffix(" (checkpoint)")) for line in lines]
+    assert RESULT_KEY not in results[0]
+    second, third = results[1][RESULT_KEY], results[2][RESULT_KEY]
+    assert second["samples"] == 128 and second["checkpoint_save_s"] > 0 and second["checkpoint_bytes"] > 1000
+    assert "checkpoint_upload_s" not in second
+    # the checkpoint was persisted inside the second report: its time rides on the next result
+    assert third["samples"] == 128 and third["checkpoint_upload_s"] >= 0 and "checkpoint_save_s" not in third
+    assert lines[1].endswith("(checkpoint)")
