@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from kubetune.metrics import METRICS, Metrics, serve, trial_ttl_from_env
+from kubetune.metrics import METRICS, Metrics, serve
 from kubetune.trial_stats import RESULT_KEY
 
 log = logging.getLogger("kubetune.driver")
@@ -24,6 +24,13 @@ PLOT_FILE = "kubetune-trials.png"
 
 
 class TrialObserver(Callback):
+    """Keeps the experiment's and its trials' metrics from Tune's events; draws the plot at the end.
+
+    Early stops are told apart from other stops by the result that ended the trial: Tune marks it
+    `done` when the stopper or the scheduler stopped it; below the last iteration and short of the
+    goal, that was the scheduler.
+    """
+
     def __init__(
         self,
         namespace: str,
@@ -214,9 +221,6 @@ def start_server(port: int, address: str = "127.0.0.1"):
     server, bound = serve(port, address)
     log.info("serving Prometheus metrics on http://%s:%d/metrics", address, bound)
     return server, bound
-
-
-__all__ = ["TrialObserver", "start_server", "PLOT_FILE", "trial_ttl_from_env"]
 
 
 def observer_for(experiment: Any, storage: Any, planned_trials: int, export: bool = True) -> TrialObserver:
