@@ -195,6 +195,9 @@ def test_quickstart_dashboards_on_a_real_prometheus(prometheus, tmp_path):
     exposition = scraper.best
     assert "kubetune_trial_objective{" in exposition, "the run's endpoint was never scraped with a running trial"
     assert promtool_check(promtool, exposition) == ""
+    # the two checks can fail: promtool lints a badly named counter, Prometheus rejects a broken query
+    assert "_total" in promtool_check(promtool, "# HELP kubetune_bad a counter\n# TYPE kubetune_bad counter\nkubetune_bad 1\n")
+    assert prom.range_query("sum(kubetune_trials", start, end)["status"] == "error"
     assert metrics.sample_problems(exposition) == []
 
     evaluated, with_data, panels, errors = evaluate_dashboards(
