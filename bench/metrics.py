@@ -76,6 +76,34 @@ def series_of(experiment: str) -> int:
         metrics.METRICS.trials.ttl_s = ttl
 
 
+class _Trial:
+    def __init__(self, i: int):
+        self.trial_id, self.status, self.last_result = f"{i:08x}", "RUNNING", {}
+
+
+def in_process_cost(results: int = 20_000, trials: int = 100) -> tuple[float, float]:
+    """(µs of the driver's metrics work per reported result, ms per scrape with `trials` trials' series)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kubetune.metrics import Metrics
+    from kubetune.tune.telemetry import TrialObserver
+
+    m = Metrics(CollectorRegistry())
+    observer = TrialObserver("default", "cost", "score", "max", "asha", trials, max_iterations=20, metrics=m)
+    population = [_Trial(i) for i in range(trials)]
+    result = {"score": 0.5, "training_iteration": 3, "time_this_iter_s": 0.2,
+              "_kubetune": {"samples": 512, "checkpoint_save_s": 0.01, "checkpoint_bytes": 20_000}}
+    started = time.perf_counter()
+    for i in range(results):
+        observer.on_trial_result(i, population, population[i % trials], result)
+    per_result_us = (time.perf_counter() - started) / results * 1e6
+    started = time.perf_counter()
+    for _ in range(50):
+        generate_latest(m.registry)
+    per_scrape_ms = (time.perf_counter() - started) / 50 * 1e3
+    return per_result_us, per_scrape_ms
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -102,6 +130,14 @@ def main() -> int:
     print(f"  median   metrics off {off:7.2f} s | metrics on {on:7.2f} s")
     print(f"  on / off = {on / off:.3f}   (target <= 1.02)")
     print(f"  series the experiment leaves after its trials' TTL: {series_of(f'bench-metrics-on-{args.rounds - 1}')}")
+    per_result_us, per_scrape_ms = in_process_cost()
+    print("== in-process cost (less disturbed by other load than wall times are)")
+    print(f"  driver metrics work per reported result: {per_result_us:.1f} us; one scrape with 100 running trials: "
+          f"{per_scrape_ms:.2f} ms")
+    results = 16 * 20  # the quickstart's upper bound: 16 trials x 20 iterations
+    cost_s = results * per_result_us / 1e6 + off * per_scrape_ms / 1e3  # and a scrape every second
+    print(f"  for the quickstart (<= {results} results, a scrape a second for {off:.0f} s): {cost_s * 1e3:.0f} ms "
+          f"= {cost_s / off * 100:.2f}% of its wall time")
     return 0
 
 
