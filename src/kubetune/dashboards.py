@@ -221,7 +221,7 @@ def _variable(name: str) -> dict:
 
 def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict:
     targets = [{"datasource": DATASOURCE, "expr": q.expr, "legendFormat": q.legend or "__auto", "refId": chr(65 + i),
-                "range": True, "instant": panel.kind in ("bargauge", "table")} for i, q in enumerate(panel.queries)]
+                "range": panel.kind not in ("bargauge", "table"), "instant": panel.kind in ("bargauge", "table")} for i, q in enumerate(panel.queries)]
     defaults: dict = {"unit": panel.unit}
     if panel.kind == "timeseries":
         defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if panel.stacked else 0,
