@@ -30,7 +30,8 @@ from kubetune import dashboards  # noqa: E402
 
 def legend(fmt: str, labels: dict) -> str:
     if not fmt or fmt == "__auto":
-        return ",".join(f"{k}={v}" for k, v in labels.items() if k not in ("job", "instance")) or "value"
+        shown = {k: v for k, v in labels.items() if k not in ("__name__", "job", "instance", "namespace", "experiment")}
+        return ",".join(f"{k}={v}" for k, v in shown.items()) or "value"
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt)
 
 
@@ -49,7 +50,15 @@ def draw(board: dashboards.Dashboard, results: dict, start: float, out: Path) ->
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.set_title(panel.title, fontsize=10)
         series = [(legend(q.legend, s["metric"]), s["values"]) for q in panel.queries for s in results[(panel.title, q.expr)]]
-        if panel.kind in ("stat", "bargauge"):
+        if panel.kind == "stat":
+            ax.axis("off")
+            shown = series[:6]
+            for row, (name, values) in enumerate(shown):
+                text = f"{float(values[-1][1]):.4g}"
+                label = "" if name == "value" else f"{name}  "
+                ax.text(0.5, 1 - (row + 0.5) / max(len(shown), 1), f"{label}{text}", ha="center", va="center",
+                        fontsize=22 if len(shown) == 1 else 13, color="tab:green", transform=ax.transAxes)
+        elif panel.kind == "bargauge":
             names = [n for n, _ in series][:12]
             values = [float(v[-1][1]) for _, v in series][:12]
             ax.barh(range(len(values)), values, color="tab:green")
