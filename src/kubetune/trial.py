@@ -128,25 +128,20 @@ def report(
     global _iteration
     _iteration += 1
     metrics = dict(metrics)
+    _stats.samples = samples
     if state is None or not should_checkpoint(final=final):
-        _ray_report(_with_stats(metrics, _stats.collect(samples)), None)
+        _ray_report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="kubetune-ckpt-") as tmp:
         if _is_checkpoint_writer():
             start = time.perf_counter()
             save_state(tmp, state() if callable(state) else state)
             saved = time.perf_counter()
-            _ray_report(_with_stats(metrics, _stats.collect(samples, saved - start, directory_bytes(tmp))), tmp)
+            _stats.checkpoint = (saved - start, directory_bytes(tmp))
+            _ray_report(metrics, tmp)
             _stats.pending_upload_s = time.perf_counter() - saved
         else:
-            _ray_report(_with_stats(metrics, _stats.collect(samples)), None)
-
-
-def _with_stats(metrics: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-    # Only when there is something to say: a plain CPU trial's results stay as the user wrote them.
-    if stats and RESULT_KEY not in metrics:
-        metrics[RESULT_KEY] = stats
-    return metrics
+            _ray_report(metrics, None)
 
 
 def load_state() -> dict[str, Any] | None:
@@ -226,6 +221,9 @@ def _is_checkpoint_writer() -> bool:
 
 
 def _ray_report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    stats = _stats.collect()
+    if stats and RESULT_KEY not in metrics:  # only when there is something to say
+        metrics = {**metrics, RESULT_KEY: stats}
     if _in_tune_function():
         from ray import tune
 

@@ -1,6 +1,6 @@
 """What a trial measures about itself for the driver's metrics: samples, GPU memory and use, checkpoint cost.
 
-`trial.report` adds these under the `_kubetune` key of the result it sends (only when there is
+`trial.report` adds these under the `_kubetune` key of the result it hands to Ray (only when there is
 something to say), so they ride on the result stream Tune already has; the driver's
 `TrialObserver` exports them as `kubetune_trial_*` and `kubetune_checkpoint_*` metrics.
 Nothing here imports torch: GPU figures are read only when the trainable has loaded torch and
@@ -20,16 +20,18 @@ class TrialStats:
     """Figures of one trial between two reports."""
 
     def __init__(self) -> None:
+        self.samples: int | None = None  # this iteration's training samples
+        self.checkpoint: tuple[float, int] | None = None  # this report's checkpoint: (save seconds, bytes)
         self.pending_upload_s: float | None = None  # the previous checkpoint's persist time
 
-    def collect(self, samples: int | None = None, save_s: float | None = None,
-                checkpoint_bytes: int | None = None) -> dict[str, Any]:
+    def collect(self) -> dict[str, Any]:
+        """What to add to the result being reported (and forget it: each figure is sent once)."""
         stats: dict[str, Any] = {}
-        if samples is not None:
-            stats["samples"] = int(samples)
-        if save_s is not None:
-            stats["checkpoint_save_s"] = save_s
-            stats["checkpoint_bytes"] = int(checkpoint_bytes or 0)
+        if self.samples is not None:
+            stats["samples"] = int(self.samples)
+        if self.checkpoint is not None:
+            stats["checkpoint_save_s"], stats["checkpoint_bytes"] = self.checkpoint
+        self.samples = self.checkpoint = None
         if self.pending_upload_s is not None:
             # A report's checkpoint is persisted inside the report call, so its time rides on the next result.
             stats["checkpoint_upload_s"] = self.pending_upload_s
