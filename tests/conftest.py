@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,6 +12,27 @@ pytest_plugins = ["tests.envtest_fixtures", "tests.operator_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+
+
+def ray_missing() -> bool:
+    """Is Ray not installed (e.g. only the operator's and test extras)? Checked without importing it."""
+    try:
+        return importlib.util.find_spec("ray") is None
+    except ImportError:
+        return True
+
+
+RAY_MISSING_REASON = "Ray is not installed (pip install 'kubetune[tune]'): this test runs a real Ray"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `ray` or using the `ray_local` fixture skip, with the reason, when Ray is missing."""
+    if not ray_missing():
+        return
+    skip = pytest.mark.skip(reason=RAY_MISSING_REASON)
+    for item in items:
+        if item.get_closest_marker("ray") or "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 Load with ``pytest_plugins = ["tests.envtest_fixtures"]`` in the top-level conftest.
 
-* ``kube`` (session): a running ``KubeControlPlane`` with the KubeRay CRDs
-  (``<repo>/../shared/kuberay-crds``) and every YAML in ``<repo>/crds/`` applied.
+* ``kube`` (session): a running ``KubeControlPlane`` with KubeRay's CRDs (vendored at a pinned
+  version in ``<repo>/hack/kuberay/crds``, see its NOTICE.md) and every YAML in ``<repo>/crds/`` applied.
 * ``namespace`` (function): a fresh namespace (its ``default`` ServiceAccount exists),
   deleted afterwards.
 
@@ -21,9 +21,9 @@ import pytest
 
 from tests.envtest import REPO_ROOT, KubeControlPlane, ensure_binaries
 
-KUBERAY_CRD_DIR = Path(
-    os.environ.get("KUBETUNE_KUBERAY_CRDS", REPO_ROOT.parent / "shared" / "kuberay-crds")
-)
+# Inside the repository: a fresh clone has everything its tests need (hack/kuberay/refresh.sh updates them).
+KUBERAY_CRD_DIR = Path(os.environ.get("KUBETUNE_KUBERAY_CRDS", REPO_ROOT / "hack" / "kuberay" / "crds"))
+# Applied: the kinds kubetune creates or may meet (RayService, vendored too, only costs API server start time).
 KUBERAY_CRD_FILES = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml")
 PROJECT_CRD_DIR = REPO_ROOT / "crds"
 

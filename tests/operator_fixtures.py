@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +35,8 @@ from tests.envtest import REPO_ROOT, KubeControlPlane, _child_setup_factory, wai
 
 VENV_BIN = Path(sys.executable).parent
 RBAC_FILE = REPO_ROOT / "operator" / "rbac.yaml"
+NAMESPACED_RBAC_FILE = REPO_ROOT / "operator" / "rbac-namespaced.yaml"
+USER_ROLES_FILE = REPO_ROOT / "operator" / "user-roles.yaml"
 OPERATOR_NAMESPACE, OPERATOR_SA = "kubetune-system", "kubetune-operator"
 DRIVER_SA = "kubetune-driver"
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "tuneexperiments"
@@ -43,7 +46,7 @@ LABEL = "kubetune.io/experiment"
 TEST_SETTINGS = {
     "KUBETUNE_TRIAL_IMAGE": "kubetune-trial:test",
     "KUBETUNE_METRICS_PORT": "0",
-    "KUBETUNE_SECRET_RETRY_SECONDS": "1",
+    "KUBETUNE_RECHECK_SECONDS": "1",
     "KUBETUNE_ERROR_BACKOFF_SECONDS": "1",
     "KUBETUNE_RESYNC_SECONDS": "30",
     "KUBETUNE_DRIVER_BACKOFF_LIMIT": "1",
@@ -65,8 +68,8 @@ def now() -> str:
 # -- RBAC from operator/rbac.yaml
 
 
-def rbac_documents() -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d]
+def rbac_documents(path: Path = RBAC_FILE) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def _create(kube: KubeControlPlane, doc: dict[str, Any]) -> None:
@@ -103,6 +106,54 @@ def operator_kubeconfig(kube: KubeControlPlane, tmp_path_factory) -> Path:
         _create(kube, doc)
     path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
     return kube.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, path)
+
+
+def namespaced_operator_kubeconfig(kube: KubeControlPlane, namespaces: list[str], path: Path,
+                                   account: str = "kubetune-operator-ns") -> Path:
+    """A namespaced install: rbac-namespaced.yaml's Role and RoleBinding in each of `namespaces`, bound to
+    a service account of its own (not the cluster-wide one), and no ClusterRole at all."""
+    for namespace in namespaces:
+        for doc in rbac_documents(NAMESPACED_RBAC_FILE):
+            doc = copy.deepcopy(doc)
+            doc["metadata"]["namespace"] = namespace
+            for subject in doc.get("subjects", []):
+                subject["name"] = account
+            _create(kube, doc)
+    return kube.service_account_kubeconfig(OPERATOR_NAMESPACE, account, path)
+
+
+def rules_review(kube: KubeControlPlane, kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
+    """What `kubectl auth can-i --list -n NAMESPACE` prints for the kubeconfig's account, as rows."""
+    import kubernetes.client
+    import kubernetes.config
+
+    client = kubernetes.config.new_client_from_config(str(kubeconfig))
+    try:
+        review = kubernetes.client.AuthorizationV1Api(client).create_self_subject_rules_review(
+            {"spec": {"namespace": namespace}})
+        rows = []
+        for rule in review.status.resource_rules:
+            resources = [f"{r}.{g}" if g else r for g in rule.api_groups or [""] for r in rule.resources or []]
+            rows.append({"resources": sorted(resources), "names": sorted(rule.resource_names or []), "verbs": sorted(rule.verbs)})
+        for rule in review.status.non_resource_rules:
+            rows.append({"urls": sorted(rule.non_resource_urls), "verbs": sorted(rule.verbs)})
+        return rows
+    finally:
+        client.close()
+
+
+def can_i(kube: KubeControlPlane, kubeconfig: Path, verb: str, resource: str, namespace: str, group: str = "") -> bool:
+    """`kubectl auth can-i VERB RESOURCE -n NAMESPACE` for the kubeconfig's account."""
+    import kubernetes.client
+    import kubernetes.config
+
+    client = kubernetes.config.new_client_from_config(str(kubeconfig))
+    try:
+        review = kubernetes.client.AuthorizationV1Api(client).create_self_subject_access_review({"spec": {
+            "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}}})
+        return bool(review.status.allowed)
+    finally:
+        client.close()
 
 
 def driver_kubeconfig(kube: KubeControlPlane, namespace: str, path: Path) -> Path:
@@ -192,11 +243,14 @@ class OperatorProcess:
 
 @pytest.fixture
 def operator_factory(kube, operator_kubeconfig, tmp_path) -> Iterator:
-    """start_operator(namespaces=[...] or None for cluster-wide, **env) -> a running OperatorProcess."""
+    """start_operator(namespaces=[...] or None for cluster-wide, **env) -> a running OperatorProcess.
+
+    `kubeconfig=` runs it with another account (e.g. namespaced_operator_kubeconfig()).
+    """
     started: list[OperatorProcess] = []
 
-    def start(namespaces: list[str] | None, wait: bool = True, **env: str) -> OperatorProcess:
-        op = OperatorProcess(operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", namespaces, env)
+    def start(namespaces: list[str] | None, wait: bool = True, kubeconfig: Path | None = None, **env: str) -> OperatorProcess:
+        op = OperatorProcess(kubeconfig or operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", namespaces, env)
         started.append(op)
         return op.start(wait=wait)
 
@@ -352,6 +406,29 @@ class Cluster:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    def play_kuberay_pod(self, rc_name: str, component: str = "head", waiting: tuple[str, str] | None = None) -> str:
+        """Create the pod KubeRay would make from a RayCluster's template; optionally a stuck container."""
+        rc = self.raycluster(rc_name)
+        template = (rc["spec"]["headGroupSpec"] if component == "head" else rc["spec"]["workerGroupSpecs"][0])["template"]
+        name = f"{rc_name}-{component}-{uuid.uuid4().hex[:5]}"
+        pod = {"metadata": {**copy.deepcopy(template["metadata"]), "name": name}, "spec": copy.deepcopy(template["spec"])}
+        self.core.create_namespaced_pod(self.ns, pod)
+        if waiting:
+            container = pod["spec"]["containers"][0]["name"]
+            self.core.patch_namespaced_pod_status(name, self.ns, {"status": {"phase": "Pending", "containerStatuses": [{
+                "name": container, "image": pod["spec"]["containers"][0]["image"], "imageID": "", "ready": False,
+                "restartCount": 0, "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}]}})
+        return name
+
+    def terminate_driver_pod(self, pod: str, exit_code: int, message: str) -> None:
+        """Play the kubelet for a driver pod that exits, with the termination message it wrote."""
+        now_ = now()
+        self.core.patch_namespaced_pod_status(pod, self.ns, {"status": {
+            "phase": "Failed" if exit_code else "Succeeded",
+            "containerStatuses": [{"name": "driver", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
+                                                            "startedAt": now_, "finishedAt": now_}}}]}})
 
     def secret_value(self, name: str, key: str) -> str:
         secret = self.core.read_namespaced_secret(name, self.ns)

@@ -46,13 +46,13 @@ S3 = {"uri": "s3://bucket/prefix", "endpoint": "http://minio:9000", "secretRef":
 
 
 def test_settings_come_from_kubetune_variables_and_name_them_when_wrong():
-    settings = Settings.from_env({"KUBETUNE_NAMESPACES": "team-a, team-b", "KUBETUNE_DRIVER_BACKOFF_LIMIT": "5",
+    settings = Settings.from_env({"KUBETUNE_WATCH_NAMESPACES": "team-a, team-b", "KUBETUNE_DRIVER_BACKOFF_LIMIT": "5",
                                   "KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH": "false", "KUBETUNE_TRIAL_IMAGE": "me/trial:1"})
-    assert settings.namespaces == ("team-a", "team-b") and not settings.clusterwide
+    assert settings.watch_namespaces == ("team-a", "team-b") and not settings.clusterwide
     assert settings.driver_backoff_limit == 5 and settings.delete_ray_cluster_on_finish is False
     assert settings.trial_image == "me/trial:1"
     assert Settings.from_env({}).clusterwide
-    assert Settings.from_env({"KUBETUNE_NAMESPACES": "x"}, namespaces=("y",)).namespaces == ("y",)
+    assert Settings.from_env({"KUBETUNE_WATCH_NAMESPACES": "x"}, watch_namespaces=("y",)).watch_namespaces == ("y",)
     with pytest.raises(SettingsError, match="KUBETUNE_PROBE_PORT"):
         Settings.from_env({"KUBETUNE_PROBE_PORT": "eighty"})
     with pytest.raises(SettingsError, match="KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH"):
@@ -182,7 +182,9 @@ def test_driver_job_runs_kubetune_driver_on_the_mounted_spec_joining_the_head():
     assert job["metadata"]["labels"]["kubetune.io/component"] == "driver"
     assert job["spec"]["backoffLimit"] == 4
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "driver", "operator": "In", "values": [2]}}
+    # Bad spec (2) and every trial failed (3) fail at once; a crash (1) is retried, resuming from storage.
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "driver", "operator": "In", "values": [2, 3]}}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "kubetune-driver"
     assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "driver"
@@ -190,6 +192,8 @@ def test_driver_job_runs_kubetune_driver_on_the_mounted_spec_joining_the_head():
     assert container["command"] + container["args"] == [
         "kubetune", "driver", "--spec", "/etc/kubetune/spec.json", "--name", "exp", "--namespace", "ns", "--patch-status"]
     assert container["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kubetune", "readOnly": True}]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["terminationMessagePath"] == "/dev/termination-log"
     assert pod["volumes"] == [{"name": "spec", "configMap": {"name": "exp-spec"}}]
     env = {e["name"]: e for e in container["env"]}
     assert env["RAY_ADDRESS"]["value"] == "exp-head-svc:6379"
@@ -277,7 +281,7 @@ class World:
         self.configmap = None
         self.raycluster = None
         self.jobs: dict[str, dict] = {}
-        self.secret = observed.get("secret", True)
+        self.pods: list[dict] = observed.get("pods", [])
         self.sa = observed.get("sa", True)
         self.generation = 1
 
@@ -286,7 +290,7 @@ class World:
         current = builders.driver_job_name("exp", self.spec)
         return phases.Observation(
             name="exp", namespace="ns", uid="uid-1", generation=self.generation, status=dict(self.status), now=now,
-            spec=self.spec, secret_exists=self.secret if self.spec.storage.secret_ref else None,
+            spec=self.spec, pods=list(self.pods),
             configmap=self.configmap, raycluster=self.raycluster, jobs=jobs,
             driver_service_account_exists=None if current in self.jobs else self.sa)
 
@@ -337,15 +341,10 @@ def test_plan_invalid_spec_fails_permanently_and_touches_nothing():
 
 
 def test_plan_a_whole_life_is_idempotent_at_every_step():
-    world = World(spec_of(storage=S3), secret=False)
-    plan = world.step()
-    assert world.verbs(plan) == [] and plan.retry_after and world.status["phase"] == Phase.PENDING
-    assert condition(world.status, "StorageReady")["reason"] == "SecretNotFound"
-    assert [r for _, r, _ in plan.events] == ["SecretNotFound"]
-
-    world.secret = True
+    world = World(spec_of(storage=S3))
     plan = world.step()
     assert world.verbs(plan) == ["create_configmap", "create_raycluster"]
+    assert condition(world.status, "StorageReady")["reason"] == "SecretReferenced"
     assert world.status["phase"] == Phase.PROVISIONING and world.status["startTime"] == NOW
     assert world.verbs(world.step()) == [], "the same observation plans nothing more"
 
@@ -476,3 +475,213 @@ def test_owner_of_a_child_prefers_its_owner_reference():
     assert owner_of({"metadata": {"ownerReferences": [ref], "labels": {"kubetune.io/experiment": "other"}}}) == "exp"
     assert owner_of({"metadata": {"labels": {"kubetune.io/experiment": "exp"}}}) == "exp"
     assert owner_of({"metadata": {}}) is None
+
+
+# ---------------------------------------------------------------- issue #6: restricted pods, overlays, refusals
+
+
+def _pods(rc, job):
+    head = rc["spec"]["headGroupSpec"]["template"]
+    workers = [g["template"] for g in rc["spec"]["workerGroupSpecs"]]
+    return {"head": head, **{f"worker{i}": w for i, w in enumerate(workers)}, "driver": job["spec"]["template"]}
+
+
+def test_every_pod_meets_pod_security_restricted_by_default_and_ray_pods_get_a_memory_shm():
+    spec = spec_of(rayCluster={**GPU_CLUSTER, "enableAutoscaling": True})
+    rc = builders.build_raycluster("exp", "ns", spec, Settings())
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    for role, template in _pods(rc, job).items():
+        pod = template["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}, role
+        for container in pod["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}, role
+        if role != "driver":
+            assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"], role
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"], role
+    assert rc["spec"]["autoscalerOptions"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_pod_overlays_per_role_merge_over_the_defaults_and_never_replace_kubetune_labels():
+    overlay = {
+        "annotations": {"team": "ml"}, "labels": {"cost": "a", "kubetune.io/experiment": "hijack"},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "priorityClassName": "high", "imagePullSecrets": ["regcred"],
+        "securityContext": {"runAsUser": 2000, "fsGroup": 2000}, "containerSecurityContext": {"readOnlyRootFilesystem": True},
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    spec = spec_of(rayCluster=GPU_CLUSTER, pods={"worker": overlay, "driver": {"priorityClassName": "low"}})
+    rc = builders.build_raycluster("exp", "ns", spec, Settings())
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    worker = rc["spec"]["workerGroupSpecs"][0]["template"]
+    assert worker["metadata"]["annotations"] == {"team": "ml"}
+    assert worker["metadata"]["labels"]["cost"] == "a" and worker["metadata"]["labels"]["kubetune.io/experiment"] == "exp"
+    pod = worker["spec"]
+    assert pod["priorityClassName"] == "high" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["affinity"] == overlay["affinity"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 2000, "fsGroup": 2000,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert [v["name"] for v in pod["volumes"]] == ["dshm", "data"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    head = rc["spec"]["headGroupSpec"]["template"]
+    assert "annotations" not in head["metadata"] and "priorityClassName" not in head["spec"]
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "low"
+    # An overlay is no change of the search: the driver keeps running.
+    assert builders.run_hash(spec) == builders.run_hash(spec_of(rayCluster=GPU_CLUSTER))
+
+
+def test_editing_the_ray_cluster_keeps_the_live_worker_replicas():
+    world = World(spec_of(rayCluster=GPU_CLUSTER))
+    world.step()
+    world.raycluster["spec"]["workerGroupSpecs"][0]["replicas"] = 3  # the autoscaler (or a user) scaled it
+    world.raycluster["spec"]["workerGroupSpecs"][1]["replicas"] = 9  # beyond the new bounds: clamped
+    edited = json.loads(json.dumps(GPU_CLUSTER))
+    edited["head"]["cpu"] = "4"
+    edited["workerGroups"][1]["maxReplicas"] = 2
+    edited["workerGroups"].append({"name": "new", "replicas": 2})
+    world.spec = spec_of(rayCluster=edited)
+    plan = world.step()
+    patch = next(a for a in plan.actions if a.verb == "patch_raycluster").body["spec"]
+    assert patch["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "4"
+    assert [(g["groupName"], g["replicas"]) for g in patch["workerGroupSpecs"]] == [("gpu", 3), ("amd", 2), ("new", 2)]
+
+
+def _pod(name, component, waiting=None, unschedulable=None, job=None, phase="Pending", terminated=None):
+    labels = {"kubetune.io/experiment": "exp", "kubetune.io/component": component}
+    if job:
+        labels["batch.kubernetes.io/job-name"] = job
+    status = {"phase": phase, "containerStatuses": []}
+    if waiting:
+        status["containerStatuses"].append({"name": "c", "state": {"waiting": dict(zip(("reason", "message"), waiting))}})
+    if terminated:
+        status["containerStatuses"].append({"name": "driver", "state": {"terminated": terminated}})
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]
+    return {"metadata": {"name": name, "labels": labels, "creationTimestamp": NOW}, "status": status}
+
+
+def test_a_missing_storage_secret_shows_from_the_pods_without_reading_secrets():
+    world = World(spec_of(storage=S3))
+    world.step()
+    world.pods = [_pod("exp-head-x", "head", ("CreateContainerConfigError", 'secret "s3-credentials" not found'))]
+    plan = world.step()
+    storage = condition(world.status, "StorageReady")
+    assert (storage["status"], storage["reason"]) == ("False", "SecretNotFound")
+    assert "s3-credentials" in storage["message"] and "exp-head-x" in storage["message"]
+    assert plan.retry_after and [(t, r) for t, r, _ in plan.events] == [("Warning", "SecretNotFound")]
+    assert world.step().events == [], "once per cause"
+    world.pods = [_pod("exp-head-x", "head"), _pod("exp-worker-y", "worker", unschedulable="0/3 nodes: Insufficient nvidia.com/gpu")]
+    plan = world.step()
+    assert condition(world.status, "StorageReady")["reason"] == "SecretReferenced"
+    ready = condition(world.status, "RayClusterReady")
+    assert ready["reason"] == "PodsNotStarting" and "Insufficient nvidia.com/gpu" in ready["message"]
+    assert ("Warning", "PodsNotStarting") in [(t, r) for t, r, _ in plan.events]
+
+
+def test_a_driver_pod_refused_by_the_job_controller_is_a_condition_and_one_warning():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    obs = world.observation()
+    obs.job_events = [{"type": "Warning", "reason": "FailedCreate", "metadata": {"resourceVersion": "5"},
+                       "message": 'Error creating: pods "x" is forbidden: violates PodSecurity "restricted:latest"'}]
+    plan = phases.plan(obs, world.settings)
+    driver = condition(plan.status, "DriverRunning")
+    assert driver["reason"] == "PodCreateFailed" and "violates PodSecurity" in driver["message"] and job in driver["message"]
+    assert plan.retry_after and [(t, r) for t, r, _ in plan.events] == [("Warning", "PodCreateFailed")]
+    assert "violates PodSecurity" in plan.status["message"]
+    obs.status = plan.status
+    assert phases.plan(obs, world.settings).events == []
+
+
+@pytest.mark.parametrize("code, reason", [(3, "AllTrialsFailed"), (2, "SpecRejectedByDriver"), (1, "DriverFailed")])
+def test_a_failed_driver_reports_its_exit_code_and_last_words(code, reason):
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    world.jobs[job]["status"] = {"conditions": [cond("Failed", "True", "PodFailurePolicy", "matching FailJob rule")]}
+    obs = world.observation()
+    obs.driver_pods = [_pod("d-1", "driver", job=job, phase="Failed",
+                            terminated={"exitCode": code, "message": "all 4 trials failed:\nValueError: boom\n",
+                                        "finishedAt": NOW})]
+    plan = phases.plan(obs, world.settings)
+    driver = condition(plan.status, "DriverRunning")
+    assert plan.status["phase"] == Phase.FAILED and driver["reason"] == reason
+    assert "driver said: all 4 trials failed: ValueError: boom" in driver["message"]
+    assert condition(plan.status, "Complete")["reason"] == reason
+
+
+def test_the_operator_refuses_long_names_and_what_its_settings_do_not_allow():
+    long_name = phases.Observation(name="n" * 52, namespace="ns", generation=1, status={}, now=NOW, spec=spec_of())
+    plan = phases.plan(long_name, Settings())
+    valid = condition(plan.status, "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidName") and "metadata.name" in valid["message"]
+    assert plan.actions == [] and plan.permanent
+
+    spec = spec_of(trainable={"entrypoint": "a.b:c", "image": "evil.example.com/x:1"},
+                   rayCluster={"serviceAccountName": "cluster-admin-sa"})
+    settings = Settings(allowed_image_prefixes=("registry.example.com/ml/",))
+    plan = phases.plan(phases.Observation(name="exp", namespace="ns", generation=1, status={}, now=NOW, spec=spec), settings)
+    valid = condition(plan.status, "SpecValid")
+    assert valid["reason"] == "NotAllowed" and plan.actions == []
+    assert "spec.rayCluster.serviceAccountName" in valid["message"] and "KUBETUNE_ALLOWED_SERVICE_ACCOUNTS" in valid["message"]
+    assert "spec.trainable.image" in valid["message"] and "registry.example.com/ml/" in valid["message"]
+    allowed = Settings(allowed_service_accounts=("cluster-admin-sa",), allowed_image_prefixes=("evil.example.com/",))
+    plan = phases.plan(phases.Observation(name="exp", namespace="ns", generation=1, status={}, now=NOW, spec=spec), allowed)
+    assert condition(plan.status, "SpecValid")["status"] == "True" and plan.actions
+
+
+def test_local_storage_on_a_cluster_is_marked_and_suspend_promises_only_what_is_kept():
+    world = World(spec_of())
+    plan = world.step()
+    storage = condition(world.status, "StorageReady")
+    assert (storage["status"], storage["reason"]) == ("False", "LocalStorage") and "lost" in storage["message"]
+    assert ("Warning", "LocalStorage") in [(t, r) for t, r, _ in plan.events]
+    world.spec = spec_of(suspend=True)
+    plan = world.step()
+    [(kind, reason, message)] = plan.events
+    assert reason == "Suspended" and message.startswith("Suspended: the RayCluster") and "nothing is kept" in message
+    s3 = World(spec_of(storage=S3, suspend=True))
+    [(_, _, message)] = s3.step().events
+    assert "s3://bucket/prefix are kept" in message and "suspended: " not in message
+
+
+def test_a_refused_child_becomes_a_condition_with_the_api_servers_message_once():
+    world = World(spec_of())
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    obs = world.observation()
+    plan = phases.plan(obs, world.settings)
+    refusal = phases.Refusal("Job", "exp-driver-1", "create", 422, "spec.template.labels: must be no more than 63 bytes")
+    plan = phases.refused(plan, obs, [refusal], world.settings)
+    driver = condition(plan.status, "DriverRunning")
+    assert (driver["status"], driver["reason"]) == ("False", "CreateRefused") and "63 bytes" in driver["message"]
+    assert plan.backoff and plan.retry_after == world.settings.error_backoff_seconds
+    assert [(t, r) for t, r, _ in plan.events if r == "CreateRefused"] == [("Warning", "CreateRefused")]
+    obs.status = plan.status
+    again = phases.refused(phases.plan(obs, world.settings), obs, [refusal], world.settings)
+    assert [r for _, r, _ in again.events if r == "CreateRefused"] == []
+
+
+def test_kopfs_diff_base_is_a_digest_that_a_large_spec_cannot_overflow():
+    import kopf
+
+    from kubetune.controller.handlers import DigestDiffBaseStorage
+
+    storage = DigestDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
+    big = {"apiVersion": "kubetune.io/v1alpha1", "kind": "TuneExperiment", "metadata": {"name": "x", "annotations": {}},
+           "spec": {"trainable": {"config": {"blob": "x" * 500_000}}}}
+    essence = storage.build(body=kopf.Body(big))
+    assert len(json.dumps(essence)) < 300
+    changed = json.loads(json.dumps(big))
+    changed["spec"]["trainable"]["config"]["blob"] += "y"
+    assert storage.build(body=kopf.Body(changed))["spec"] != essence["spec"]

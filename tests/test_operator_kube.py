@@ -31,12 +31,14 @@ from kubetune.controller import builders
 from kubetune.controller.settings import Settings
 from tests.envtest import REPO_ROOT, wait_until
 from tests.operator_fixtures import (
-    VENV_BIN, Cluster, _kill_group, driver_kubeconfig, experiment_manifest, free_port, local_ray_head,
+    USER_ROLES_FILE, VENV_BIN, Cluster, _create, _kill_group, can_i, driver_kubeconfig, experiment_manifest, free_port,
+    local_ray_head, namespaced_operator_kubeconfig, rbac_documents, rules_review,
 )
 
 pytestmark = [pytest.mark.kube]
 
 FAULT_ENV = "KUBETUNE_FAULT_KILL_AFTER_WRITES"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
 @pytest.fixture
@@ -113,20 +115,18 @@ def test_every_builder_is_accepted_by_the_api_server_and_the_kuberay_schema(kube
     assert code == 400
 
 
-def test_the_adapter_learns_that_a_secret_exists_never_what_it_holds(kube, namespace, cluster):
-    from kubetune.controller.kube import METADATA_ONLY, Kube
-
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"k": "hush"}})
-    adapter = Kube(kube.api_client())
-    assert adapter.secret_exists(namespace, "creds") and not adapter.secret_exists(namespace, "nope")
-    # What that request gets back from the API server: metadata, no data.
-    import ssl
-
-    req = urllib.request.Request(f"{kube.url}/api/v1/namespaces/{namespace}/secrets/creds",
-                                 headers={"Authorization": f"Bearer {kube.admin_token}", "Accept": METADATA_ONLY})
-    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(kube.ca_file))) as resp:
-        answer = json.loads(resp.read())
-    assert answer["kind"] == "PartialObjectMetadata" and "data" not in answer
+def test_the_operators_account_reads_no_secret_and_its_rules_are_printed(kube, namespace, operator_kubeconfig):
+    """`kubectl auth can-i --list` of the operator's service account (cluster-wide install)."""
+    rows = rules_review(kube, operator_kubeconfig, namespace)
+    print("\n[rbac] kubectl auth can-i --list --as=system:serviceaccount:kubetune-system:kubetune-operator")
+    for row in rows:
+        print(f"  {','.join(row.get('resources') or row.get('urls'))}  {row.get('names') or ''}  {row['verbs']}")
+    granted = {r for row in rows for r in row.get("resources", [])}
+    assert not [r for r in granted if r.startswith("secrets")], "the operator must not read Secrets"
+    for verb in ("get", "list", "watch"):
+        assert not can_i(kube, operator_kubeconfig, verb, "secrets", namespace)
+    assert can_i(kube, operator_kubeconfig, "create", "jobs", namespace, "batch")
+    assert not can_i(kube, operator_kubeconfig, "delete", "pods", namespace)
 
 
 # ---------------------------------------------------------------- bad input
@@ -134,46 +134,48 @@ def test_the_adapter_learns_that_a_secret_exists_never_what_it_holds(kube, names
 
 def test_invalid_spec_fails_naming_the_field_creates_nothing_and_others_go_on(kube, namespace, cluster, operator_factory):
     op = operator_factory([namespace])
-    # Passes the CRD schema (both fields are integers >= 1), fails the model: maxT below gracePeriod.
-    bad = experiment_manifest("bad", scheduler={"type": "asha", "maxT": 2, "gracePeriod": 5})
+    # Passes the CRD (a grid list is untyped there, so CEL cannot see it), fails the model: grid with hyperopt.
+    bad = experiment_manifest("bad", search={"algorithm": "hyperopt", "numSamples": 2, "seed": 1},
+                              parameters={"bs": {"grid": [16, 32]}})
     cluster.create(bad)
     cluster.create(experiment_manifest("good"))
     status = cluster.wait_phase("bad", "Failed", op=op)
     spec_valid = cluster.condition("bad", "SpecValid")
     assert spec_valid["status"] == "False" and spec_valid["reason"] == "InvalidSpec"
-    assert "spec.scheduler.maxT" in spec_valid["message"] and "gracePeriod" in spec_valid["message"]
-    assert "spec.scheduler.maxT" in status["message"]
+    assert "spec.parameters.bs.grid" in spec_valid["message"] and "random or grid" in spec_valid["message"]
+    assert "spec.parameters.bs.grid" in status["message"]
     events = [e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"]
-    assert events and events[0]["type"] == "Warning" and "spec.scheduler.maxT" in events[0]["message"]
+    assert events and events[0]["type"] == "Warning" and "spec.parameters.bs.grid" in events[0]["message"]
     cluster.wait_phase("good", "Provisioning", op=op)  # the operator keeps reconciling the others
     time.sleep(1)
     assert cluster.children("bad") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
 
     # Fixing the spec starts the experiment.
-    cluster.patch_spec("bad", {"scheduler": {"type": "asha", "maxT": 5, "gracePeriod": 2}})
+    cluster.patch_spec("bad", {"search": {"algorithm": "random"}})
     cluster.wait_phase("bad", "Provisioning", op=op)
     assert cluster.condition("bad", "SpecValid")["status"] == "True"
     assert cluster.children("bad")["RayCluster"] == 1
     assert op.alive and op.starts == 1, "the operator crashed"
 
 
-def test_missing_storage_secret_and_service_account_wait_then_proceed(kube, namespace, cluster, operator_factory, tmp_path):
+def test_missing_storage_secret_shows_from_the_pods_and_missing_service_account_waits(kube, namespace, cluster, operator_factory, tmp_path):
     op = operator_factory([namespace])
     cluster.create(experiment_manifest("s3", storage={"uri": "s3://bucket/exp", "endpoint": "http://minio:9000",
                                                       "secretRef": "s3-credentials"}))
-    status = cluster.wait_phase("s3", "Pending", op=op)
+    cluster.wait_phase("s3", "Provisioning", op=op)
+    assert cluster.condition("s3", "StorageReady")["reason"] == "SecretReferenced"
+    # The operator cannot read Secrets: the kubelet tells, on the head pod KubeRay made (played here).
+    cluster.play_kuberay_pod("s3", "head", ("CreateContainerConfigError", 'secret "s3-credentials" not found'))
+    wait_for(lambda: cluster.condition("s3", "StorageReady").get("reason") == "SecretNotFound",
+             "StorageReady=False, SecretNotFound", op=op)
     storage = cluster.condition("s3", "StorageReady")
-    assert (storage["status"], storage["reason"]) == ("False", "SecretNotFound")
-    assert "s3-credentials" in storage["message"] and "s3-credentials" in status["message"]
-    assert "SecretNotFound" in reasons(cluster, "s3")
-    time.sleep(2)  # a few retries: still nothing created
-    assert cluster.children("s3") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    assert storage["status"] == "False" and "s3-credentials" in storage["message"]
+    time.sleep(3)  # a few re-checks: still one Warning
+    assert reasons(cluster, "s3").count("SecretNotFound") == 1
 
     secret_value = f"sk-{uuid.uuid4().hex}"
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-credentials"}, "stringData": {
         "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": secret_value}})
-    cluster.wait_phase("s3", "Provisioning", timeout=30, op=op)
-    assert cluster.condition("s3", "StorageReady")["reason"] == "SecretFound"
     # No driver ServiceAccount in this namespace yet: the operator says so instead of a Job that cannot start.
     cluster.mark_raycluster("s3")
     wait_for(lambda: cluster.condition("s3", "DriverRunning").get("reason") == "ServiceAccountNotFound",
@@ -186,8 +188,9 @@ def test_missing_storage_secret_and_service_account_wait_then_proceed(kube, name
     env = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}}} in env
     # The value is nowhere but in its Secret.
-    visible = json.dumps([cluster.get("s3"), rc, cluster.configmaps("s3"), cluster.events("s3")])
+    visible = json.dumps([cluster.get("s3"), rc, cluster.configmaps("s3"), cluster.events("s3")]) + op.tail(400)
     assert secret_value not in visible and base64.b64encode(secret_value.encode()).decode() not in visible
+    assert "Traceback" not in op.tail(2000)
 
 
 def test_raycluster_failed_by_kuberay_fails_the_experiment_with_its_reason(kube, namespace, cluster, operator_factory):
@@ -255,8 +258,9 @@ def test_lifecycle_provisioning_running_succeeded(kube, namespace, cluster, oper
     assert complete["status"] == "True" and complete["reason"] == "TrialBudgetExhausted"
     wait_for(lambda: cluster.raycluster("life") is None, "the RayCluster to be deleted at the end", op=op)
     assert cluster.condition("life", "RayClusterReady")["reason"] == "RayClusterDeleted"
-    assert reasons(cluster, "life") == ["RayClusterCreating", "RayClusterReady", "DriverSucceeded"]
-    assert {e["type"] for e in cluster.events("life")} == {"Normal"}
+    assert reasons(cluster, "life") == ["RayClusterCreating", "LocalStorage", "RayClusterReady", "DriverSucceeded"]
+    assert [e["reason"] for e in cluster.events("life") if e["type"] == "Warning"] == ["LocalStorage"]
+    assert cluster.condition("life", "StorageReady")["reason"] == "LocalStorage"
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
     assert 'kubetune_operator_phase_transitions_total{phase="Succeeded"} 1.0' in metrics
@@ -332,7 +336,7 @@ def test_raising_num_samples_continues_a_finished_experiment(kube, namespace, cl
     status = cluster.wait_phase("more", "Provisioning", op=op)
     assert status.get("completionTime") is None
     resumed = [e for e in cluster.events("more") if e["reason"] == "Resumed"]
-    assert resumed and "continuing it from storage" in resumed[0]["message"]
+    assert resumed and "starting over (local storage was not kept)" in resumed[0]["message"]
     wait_for(lambda: cluster.raycluster("more") is not None, "the RayCluster to be recreated", op=op)
     cm = cluster.configmaps("more")[0]
     assert json.loads(cm["data"]["spec.json"])["search"]["numSamples"] == 4
@@ -356,20 +360,26 @@ def test_deleting_the_experiment_removes_every_child_even_while_the_operator_is_
     job_of(cluster, "gone", op)
     assert cluster.children("gone") == {"RayCluster": 1, "Job": 1, "ConfigMap": 1}
 
-    op.kill()
-    cluster.delete("gone")
-    time.sleep(1)
     body = cluster.get("gone")
-    assert body is not None and body["metadata"]["deletionTimestamp"], "kopf's finalizer holds it"
-    assert body["metadata"]["finalizers"] == ["kubetune.io/finalizer"]
+    assert not body["metadata"].get("finalizers"), "no finalizer: it would protect nothing"
     annotations = body["metadata"]["annotations"]
     assert "kubetune.io/last-handled-configuration" in annotations
     assert not [k for k in annotations if k.startswith(("kopf.", "kopf/"))], "kopf's bookkeeping is under kubetune.io"
 
-    op.start()
-    wait_for(lambda: cluster.get("gone") is None, "the experiment to be gone after the restart", op=op)
+    op.kill()  # down (or uninstalled): deleting does not wait for it
+    cluster.delete("gone")
+    wait_for(lambda: cluster.get("gone") is None, "the experiment to be gone with the operator down", timeout=10)
     wait_for(lambda: cluster.children("gone") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0},
-             "the garbage collector to delete every child", timeout=60, op=op)
+             "the garbage collector to delete every child", timeout=60)
+
+    # An experiment still carrying the finalizer of an older operator loses it when the operator sees it.
+    old = experiment_manifest("legacy")
+    old["metadata"]["finalizers"] = ["kubetune.io/finalizer"]
+    cluster.create(old)
+    op.start()
+    wait_for(lambda: not cluster.get("legacy")["metadata"].get("finalizers"), "the old finalizer to be removed", op=op)
+    cluster.delete("legacy")
+    wait_for(lambda: cluster.get("legacy") is None, "the legacy experiment to be gone", op=op)
 
 
 def test_children_edited_or_deleted_by_hand_are_repaired_or_recreated(kube, namespace, cluster, operator_factory, driver_rbac):
@@ -588,6 +598,7 @@ def _run_driver_pod(kube, cluster: Cluster, pod: dict, workdir: Path, ray_addres
     return code
 
 
+@pytest.mark.ray
 def test_end_to_end_quickstart_on_a_local_ray_head_and_s3(kube, namespace, cluster, operator_factory, s3_server, tmp_path):
     import boto3
 
@@ -599,6 +610,8 @@ def test_end_to_end_quickstart_on_a_local_ray_head_and_s3(kube, namespace, clust
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-credentials"}, "stringData": {
         k: creds[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
     kubeconfig = driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
+    # A namespace that enforces Pod Security `restricted`: the driver pod must pass it as built.
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": RESTRICTED}})
 
     # The quickstart, smoke-sized (2 trials x 2 iterations), with S3 storage and a small cluster.
     quickstart = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -677,3 +690,199 @@ def _table(kube, namespace: str, name: str) -> dict[str, str]:
         table = json.loads(resp.read())
     names = [c["name"] for c in table["columnDefinitions"]]
     return {n: str(v) for n, v in zip(names, table["rows"][0]["cells"])}
+
+
+# ---------------------------------------------------------------- issue #6: refusals, restricted pods, exit codes, big specs, RBAC
+
+
+def _dry_run_pod(kube, namespace: str, template: dict) -> tuple[int, dict]:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": f"probe-{uuid.uuid4().hex[:6]}"},
+           "spec": template["spec"]}
+    return kube.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
+
+
+def test_pods_pass_pod_security_restricted_and_a_refused_driver_pod_is_reported_once(kube, namespace, cluster, operator_factory, driver_rbac):
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": RESTRICTED}})
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("strict"))
+    cluster.wait_phase("strict", "Provisioning", op=op)
+    rc = cluster.raycluster("strict")
+    # The pods KubeRay makes from the templates (head, workers) are admitted as they are.
+    for template in [rc["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in rc["spec"]["workerGroupSpecs"]]:
+        code, answer = _dry_run_pod(kube, namespace, template)
+        assert code == 201, answer.get("message")
+    cluster.mark_raycluster("strict")
+    job = job_of(cluster, "strict", op)["metadata"]["name"]
+    pod = cluster.wait_driver_pod(job)  # the real Job controller created it: admitted under `restricted`
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    # A driver overlay that breaks `restricted`: the Job controller's FailedCreate reaches the status.
+    cluster.create(experiment_manifest("loose", pods={"driver": {"containerSecurityContext": {"allowPrivilegeEscalation": True}}}))
+    cluster.wait_phase("loose", "Provisioning", op=op)
+    cluster.mark_raycluster("loose")
+    wait_for(lambda: cluster.condition("loose", "DriverRunning").get("reason") == "PodCreateFailed",
+             "DriverRunning=False, PodCreateFailed", timeout=60, op=op)
+    driver = cluster.condition("loose", "DriverRunning")
+    assert driver["status"] == "False" and "violates PodSecurity" in driver["message"]
+    assert "violates PodSecurity" in cluster.status("loose")["message"]
+    time.sleep(3)  # several re-checks (KUBETUNE_RECHECK_SECONDS=1): still one Warning, no traceback
+    warnings = [e for e in cluster.events("loose") if e["reason"] == "PodCreateFailed"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert "Traceback" not in op.tail(3000) and op.alive
+
+
+def test_a_child_the_api_server_refuses_is_a_condition_not_a_traceback_loop(kube, namespace, cluster, operator_factory):
+    # A quota of zero RayClusters: the API server answers 403 exceeded quota to the operator's create.
+    cluster.core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-ray"},
+                                                              "spec": {"hard": {"count/rayclusters.ray.io": "0"}}})
+    # Its status, as the resource-quota controller (not run here) would write it.
+    usage = {"count/rayclusters.ray.io": "0"}
+    cluster.core.patch_namespaced_resource_quota_status("no-ray", namespace, {"status": {"hard": usage, "used": usage}})
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("denied"))
+    wait_for(lambda: cluster.condition("denied", "RayClusterReady").get("reason") == "CreateRefused",
+             "RayClusterReady=False, CreateRefused", op=op)
+    ready = cluster.condition("denied", "RayClusterReady")
+    assert "exceeded quota" in ready["message"] and "403" in ready["message"]
+    time.sleep(3)  # retried with backoff: one Warning, no traceback
+    assert [e["type"] for e in cluster.events("denied") if e["reason"] == "CreateRefused"] == ["Warning"]
+    assert "Traceback" not in op.tail(3000)
+    cluster.core.delete_namespaced_resource_quota("no-ray", namespace)
+    wait_for(lambda: cluster.raycluster("denied") is not None, "the RayCluster once the quota is gone", timeout=60, op=op)
+    cluster.wait_phase("denied", "Provisioning", op=op)
+
+
+def test_a_name_too_long_for_the_children_is_refused_with_a_reason(kube, namespace, cluster, operator_factory, driver_rbac):
+    op = operator_factory([namespace])
+    name = "a-very-long-experiment-name-of-fifty-two-characters"
+    assert len(name) == 51
+    code, answer = kube.request("POST", f"/apis/kubetune.io/v1alpha1/namespaces/{namespace}/tuneexperiments",
+                                experiment_manifest(name))
+    if code == 422:  # refused at apply time already (CEL in the CRD): as good, and it names the field
+        assert "name" in answer["message"] and "40" in answer["message"]
+        return
+    assert code == 201, answer
+    status = cluster.wait_phase(name, "Failed", op=op)
+    valid = cluster.condition(name, "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidName") and "metadata.name" in valid["message"]
+    assert "at most 40" in status["message"]
+    time.sleep(2)
+    assert cluster.children(name) == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    assert [e["reason"] for e in cluster.events(name)] == ["InvalidName"] and "Traceback" not in op.tail(2000)
+
+
+def test_every_trial_failed_fails_at_once_with_the_drivers_reason_and_a_crash_is_retried(kube, namespace, cluster, operator_factory, driver_rbac):
+    op = operator_factory([namespace], KUBETUNE_DRIVER_BACKOFF_LIMIT="3")
+    cluster.create(experiment_manifest("hopeless"))
+    cluster.wait_phase("hopeless", "Provisioning", op=op)
+    cluster.mark_raycluster("hopeless")
+    job = job_of(cluster, "hopeless", op)["metadata"]["name"]
+    first = cluster.wait_driver_pod(job)["metadata"]["name"]
+    kube.set_pod_phase(namespace, first, "Running")
+    cluster.terminate_driver_pod(first, 1, "ConnectionError: lost the head")  # a crash: retried
+    second = cluster.wait_driver_pod(job, timeout=40, exclude={first})["metadata"]["name"]
+    assert cluster.status("hopeless")["phase"] == "Running"
+    kube.set_pod_phase(namespace, second, "Running")
+    cluster.terminate_driver_pod(second, 3, "all 2 trials failed; first error: ValueError: lr must be positive")
+    status = cluster.wait_phase("hopeless", "Failed", timeout=40, op=op)
+    driver = cluster.condition("hopeless", "DriverRunning")
+    assert driver["reason"] == "AllTrialsFailed" and "PodFailurePolicy" in driver["message"]
+    assert "driver said: all 2 trials failed; first error: ValueError: lr must be positive" in driver["message"]
+    assert "ValueError" in status["message"]
+    time.sleep(2)
+    assert len(cluster.driver_pods(job)) == 2, "no retry after exit code 3 (backoffLimit 3 left two)"
+
+
+def test_a_500_kb_spec_runs_without_a_422_loop(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace])
+    blob = "".join(f"{i:08d}" for i in range(62_500))  # 500,000 characters in trainable.config
+    manifest = experiment_manifest("big", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                     "config": {"dataset": "digits", "blob": blob}})
+    cluster.create(manifest)
+    cluster.wait_phase("big", "Provisioning", op=op)
+    assert json.loads(cluster.configmaps("big")[0]["data"]["spec.json"])["trainable"]["config"]["blob"] == blob
+    body = cluster.get("big")
+    annotations = body["metadata"].get("annotations") or {}
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 2000, annotations
+    cluster.patch_spec("big", {"search": {**body["spec"]["search"], "numSamples": 3}})  # kopf's update handler
+    wait_for(lambda: json.loads(cluster.configmaps("big")[0]["data"]["spec.json"])["search"]["numSamples"] == 3,
+             "the edit to reach the ConfigMap", op=op)
+    log = op.tail(3000)
+    assert "422" not in log and "Traceback" not in log and "Unprocessable" not in log, log
+
+
+def test_editing_the_ray_cluster_leaves_worker_replicas_to_the_user_and_autoscaler(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("scale"))
+    cluster.wait_phase("scale", "Provisioning", op=op)
+    cluster.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", "scale", [
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/maxReplicas", "value": 8},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 5}], _content_type="application/json-patch+json")
+    spec = cluster.get("scale")["spec"]
+    ray = spec["rayCluster"]
+    ray["head"]["cpu"] = "2"
+    ray["workerGroups"][0]["maxReplicas"] = 6
+    cluster.patch_spec("scale", {"rayCluster": ray})
+    wait_for(lambda: cluster.raycluster("scale")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+             ["resources"]["limits"]["cpu"] == "2", "the head change to be applied", op=op)
+    group = cluster.raycluster("scale")["spec"]["workerGroupSpecs"][0]
+    assert (group["replicas"], group["maxReplicas"]) == (5, 6)
+
+
+def test_a_namespaced_install_with_roles_only_runs_experiments_and_reaches_nothing_else(kube, namespace, cluster, operator_factory, driver_rbac, tmp_path):
+    other = kube.create_namespace()
+    try:
+        kubeconfig = namespaced_operator_kubeconfig(kube, [namespace], tmp_path / "ns-operator.kubeconfig")
+        rows = rules_review(kube, kubeconfig, namespace)
+        print(f"\n[rbac] namespaced operator in {namespace}: " + "; ".join(
+            f"{','.join(r.get('resources') or r.get('urls'))}: {','.join(r['verbs'])}" for r in rows))
+        for ns in ("kube-system", other):
+            assert not can_i(kube, kubeconfig, "create", "jobs", ns, "batch")
+            assert not can_i(kube, kubeconfig, "list", "tuneexperiments", ns, "kubetune.io")
+        assert not can_i(kube, kubeconfig, "get", "secrets", namespace)
+        op = operator_factory(None, kubeconfig=kubeconfig, KUBETUNE_WATCH_NAMESPACES=namespace)
+        cluster.create(experiment_manifest("inside"))
+        Cluster(kube, other).create(experiment_manifest("outside"))
+        cluster.wait_phase("inside", "Provisioning", op=op)
+        cluster.mark_raycluster("inside")
+        cluster.wait_phase("inside", "Running", op=op)
+        job_of(cluster, "inside", op)
+        time.sleep(1)
+        assert Cluster(kube, other).status("outside") == {}, "an unwatched namespace is not touched"
+        log = op.tail(3000)
+        assert "Traceback" not in log and "403" not in log and "Forbidden" not in log, log
+    finally:
+        kube.delete_namespace(other)
+
+
+def test_users_get_kubetune_edit_and_view_through_the_aggregated_roles(kube, namespace):
+    import kubernetes.client
+
+    for doc in rbac_documents(USER_ROLES_FILE):
+        _create(kube, doc)
+    with kube.api_client() as client:
+        rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        authz = kubernetes.client.AuthorizationV1Api(client)
+        for role in ("edit", "view"):
+            wait_for(lambda: any("tuneexperiments" in (r.resources or []) for r in rbac.read_cluster_role(role).rules),
+                     f"the {role} ClusterRole to aggregate kubetune-{role}")
+        for user, role in (("alice", "edit"), ("bob", "view")):
+            rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": user}, "subjects": [
+                {"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+                "roleRef": {"kind": "ClusterRole", "name": role, "apiGroup": "rbac.authorization.k8s.io"}})
+
+        def allowed(user, verb):
+            review = authz.create_subject_access_review({"spec": {"user": user, "resourceAttributes": {
+                "verb": verb, "group": "kubetune.io", "resource": "tuneexperiments", "namespace": namespace}}})
+            return review.status.allowed
+
+        assert allowed("alice", "create") and allowed("alice", "delete") and allowed("bob", "list")
+        assert not allowed("bob", "create") and not allowed("carol", "list")
+
+
+def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
+    cluster_role = next(d for d in rbac_documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubetune-operator")
+    role = next(d for d in rbac_documents(REPO_ROOT / "operator" / "rbac-namespaced.yaml") if d["kind"] == "Role")
+    namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
+    assert role["rules"] == namespaced
+    assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]

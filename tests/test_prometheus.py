@@ -226,9 +226,9 @@ def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, n
     try:
         with Scraper(f"http://127.0.0.1:{port}/metrics", "kubetune_operator_") as scraper:
             cluster.create(experiment_manifest("scraped"))
-            bad = experiment_manifest("scraped-bad")
-            bad["spec"]["scheduler"] = {"type": "asha", "maxT": 2, "gracePeriod": 5}
-            cluster.create(bad)
+            # passes the API server's schema, fails the model: a grid with hyperopt
+            cluster.create(experiment_manifest("scraped-bad", search={"algorithm": "hyperopt", "numSamples": 2, "seed": 1},
+                                               parameters={"bs": {"grid": [16, 32]}}))
             wait_until(lambda: (cluster.get("scraped") or {}).get("status", {}).get("phase"), 60)
             wait_until(lambda: (cluster.get("scraped-bad") or {}).get("status", {}).get("phase") == "Failed", 60)
             wait_until(lambda: "kubetune_operator_children_created_total{kind=\"Job\"}" in scraper.best

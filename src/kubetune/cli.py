@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     driver.set_defaults(func=cmd_driver)
 
     operator = sub.add_parser("operator", help="run the kopf operator")
-    operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_NAMESPACES)")
+    operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_WATCH_NAMESPACES)")
     operator.set_defaults(func=cmd_operator)
     return parser
 

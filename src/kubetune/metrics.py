@@ -353,12 +353,17 @@ METRICS = Metrics(trial_ttl_s=trial_ttl_from_env())
 # ---------------------------------------------------------------- operator helpers
 
 
+def status_reason(status: int) -> str:
+    """An HTTP status from the API server as a bounded error class."""
+    return {409: "conflict", 404: "not_found", 403: "forbidden", 401: "unauthorized", 422: "invalid",
+            400: "invalid", 429: "throttled"}.get(status, "server_error" if status >= 500 else "api_error")
+
+
 def error_reason(exc: BaseException) -> str:
     """A bounded class for a reconcile error (never its text: that may hold names or paths)."""
     status = getattr(exc, "status", None)
-    if isinstance(status, int) and type(exc).__name__ == "ApiException":
-        return {409: "conflict", 404: "not_found", 403: "forbidden", 401: "unauthorized", 422: "invalid",
-                400: "invalid", 429: "throttled"}.get(status, "server_error" if status >= 500 else "api_error")
+    if isinstance(status, int) and type(exc).__name__ in ("ApiException", "Refused"):
+        return status_reason(status)
     if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith("urllib3"):
         return "unreachable"
     return "internal"

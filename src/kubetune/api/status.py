@@ -54,6 +54,16 @@ class Reason:
     BUDGET_EXHAUSTED = "TrialBudgetExhausted"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
+    # The operator's refusals and what it reads off children it cannot make run (issue #6).
+    INVALID_NAME = "InvalidName"  # metadata.name longer than the children's names allow
+    NOT_ALLOWED = "NotAllowed"  # a service account or image the operator's settings do not allow
+    INFEASIBLE = "Infeasible"  # trials that no worker group can ever hold
+    SECRET_REFERENCED = "SecretReferenced"  # the pods read storage.secretRef (the operator cannot read Secrets)
+    CREATE_REFUSED = "CreateRefused"  # the API server refused a child (422, 403, quota)
+    POD_CREATE_FAILED = "PodCreateFailed"  # the Job controller cannot create the driver pod (Pod Security, quota)
+    PODS_NOT_STARTING = "PodsNotStarting"  # pods wait on a missing Secret, an image, a node that fits
+    SPEC_REJECTED_BY_DRIVER = "SpecRejectedByDriver"  # driver exit code 2
+    ALL_TRIALS_FAILED = "AllTrialsFailed"  # driver exit code 3
 
 
 class Condition(Model):

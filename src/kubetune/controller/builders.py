@@ -10,11 +10,13 @@ environment variables that name the Secret, and the Ray token comes from the Sec
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
 
-from kubetune.api.spec import API_GROUP, API_VERSION, KIND, TuneExperimentSpec
+from kubetune.api import exitcodes
+from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PodOverlay, TuneExperimentSpec
 from kubetune.controller.settings import Settings
 from kubetune.metrics import DRIVER_METRICS_PORT
 
@@ -46,8 +48,14 @@ RAY_TOKEN_KEY = "auth_token"
 # Keys of the storage Secret (what `kubetune run` reads from the environment too).
 S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 
-# Exit codes of `kubetune driver` (driver_main.py).
-DRIVER_EXIT_BAD_SPEC = 2
+# Pod Security `restricted` by default (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# a non-root numeric user (the trial image's uid; a name such as Ray's `ray` cannot be verified by the
+# kubelet), the runtime's seccomp profile, no privilege escalation, every capability dropped.
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# Ray's object store lives in /dev/shm; a container runtime's default is 64 MB.
+SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 
 
 def ray_cluster_name(experiment: str) -> str:
@@ -70,7 +78,7 @@ def run_hash(spec: TuneExperimentSpec) -> str:
     change (e.g. a raised search.numSamples) starts a new driver that continues from storage.
     """
     data = spec.dump()
-    for key in ("suspend", "cleanup", "rayCluster"):
+    for key in ("suspend", "cleanup", "rayCluster", "pods"):
         data.pop(key, None)
     return _digest(data)[:8]
 
@@ -195,19 +203,56 @@ def _ray_container(name: str, image: str, settings: Settings, cpu, memory, gpu: 
         "resources": resources,
         "ports": ports,
         "env": list(env or []),
+        "volumeMounts": [dict(SHM_MOUNT)],
     }
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, key by key into nested objects (a securityContext overlay over the defaults)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], overlay: PodOverlay) -> dict[str, Any]:
+    """A pod template: the restricted security defaults, then the spec's overlay for this role.
+
+    The main container is the first; kubetune's labels win over the overlay's.
+    """
+    spec = copy.deepcopy(pod_spec)
+    spec["securityContext"] = _merge(POD_SECURITY_CONTEXT, overlay.security_context)
+    container = spec["containers"][0]
+    container["securityContext"] = _merge(CONTAINER_SECURITY_CONTEXT, overlay.container_security_context)
+    if overlay.volume_mounts:
+        container["volumeMounts"] = container.get("volumeMounts", []) + copy.deepcopy(overlay.volume_mounts)
+    if overlay.volumes:
+        spec["volumes"] = spec.get("volumes", []) + copy.deepcopy(overlay.volumes)
+    if overlay.affinity:
+        spec["affinity"] = copy.deepcopy(overlay.affinity)
+    if overlay.priority_class_name:
+        spec["priorityClassName"] = overlay.priority_class_name
+    if overlay.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in overlay.image_pull_secrets]
+    metadata: dict[str, Any] = {"labels": {**overlay.labels, **labels(experiment, component)}}
+    if overlay.annotations:
+        metadata["annotations"] = dict(overlay.annotations)
+    return {"metadata": metadata, "spec": spec}
+
+
 def _pod_template(experiment: str, component: str, container: dict, node_selector: dict, tolerations: list,
-                  service_account: str | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container]}
+                  service_account: str | None, overlay: PodOverlay) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container], "volumes": [dict(SHM_VOLUME)]}
     if node_selector:
         spec["nodeSelector"] = dict(node_selector)
     if tolerations:
         spec["tolerations"] = _tolerations(tolerations)
     if service_account:
         spec["serviceAccountName"] = service_account
-    return {"metadata": {"labels": labels(experiment, component)}, "spec": spec}
+    return apply_overlay(experiment, component, spec, overlay)
 
 
 def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, settings: Settings) -> dict[str, Any]:
@@ -226,7 +271,7 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
         "template": _pod_template(
             experiment, COMPONENT_HEAD,
             _ray_container("ray-head", image, settings, rc.head.cpu, rc.head.memory, env=env, head=True),
-            rc.head.node_selector, rc.head.tolerations, rc.service_account_name),
+            rc.head.node_selector, rc.head.tolerations, rc.service_account_name, spec.pods.head),
     }
     workers = []
     for group in rc.worker_groups:
@@ -241,7 +286,7 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
                 experiment, COMPONENT_WORKER,
                 _ray_container("ray-worker", image, settings, group.cpu, group.memory, gpu=group.gpu,
                                gpu_resource=group.gpu_resource, env=env),
-                group.node_selector, group.tolerations, rc.service_account_name),
+                group.node_selector, group.tolerations, rc.service_account_name, spec.pods.worker),
         })
     cluster_spec: dict[str, Any] = {
         "rayVersion": rc.ray_version,
@@ -254,6 +299,8 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
             "upscalingMode": "Default",
             "idleTimeoutSeconds": settings.autoscaler_idle_timeout_seconds,
             "imagePullPolicy": settings.image_pull_policy,
+            # KubeRay's autoscaler sidecar in the head pod: restricted as well.
+            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         }
     if settings.ray_auth_mode == "token":
         cluster_spec["authOptions"] = {"mode": "token"}
@@ -282,8 +329,10 @@ def driver_command(experiment: str, namespace: str) -> list[str]:
 def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, settings: Settings) -> dict[str, Any]:
     """A batch/v1 Job running `kubetune driver` on the mounted spec, as a Ray node without resources.
 
-    A dead driver pod is replaced by the Job and resumes from storage; exit code 2 (a spec the driver
-    rejects) fails the Job at once, and evictions do not count against the backoff limit.
+    A crashed driver pod (exit 1, a lost node) is replaced by the Job and resumes from storage; the exit
+    codes of outcomes a retry cannot change (exitcodes.FINAL: a bad spec, every trial failed) fail the
+    Job at once, and evictions do not count against the backoff limit. The driver's last words (its
+    termination message, else the tail of its log) reach the experiment's status.
     """
     name = driver_job_name(experiment, spec)
     rc = ray_cluster_name(experiment)
@@ -311,6 +360,8 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
             "limits": {"memory": settings.driver_memory},
         },
         "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
+        "terminationMessagePath": exitcodes.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -319,6 +370,7 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
     }
     if settings.driver_service_account:
         pod_spec["serviceAccountName"] = settings.driver_service_account
+    template = apply_overlay(experiment, COMPONENT_DRIVER, pod_spec, spec.pods.driver)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -331,10 +383,10 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
             "backoffLimit": settings.driver_backoff_limit,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": DRIVER_CONTAINER, "operator": "In",
-                                                      "values": [DRIVER_EXIT_BAD_SPEC]}},
+                                                      "values": list(exitcodes.FINAL)}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
-            "template": {"metadata": {"labels": labels(experiment, COMPONENT_DRIVER)}, "spec": pod_spec},
+            "template": template,
         },
     }
 

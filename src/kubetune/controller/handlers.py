@@ -1,13 +1,18 @@
 """Thin kopf handlers: every trigger runs the same idempotent reconcile (reconcile.py).
 
 * `tuneexperiment_create` / `_resume` / `_update` (spec): reconcile; an invalid spec is a
-  `kopf.PermanentError` (fixed only by a new spec), a missing storage Secret a `kopf.TemporaryError`
-  retried every KUBETUNE_SECRET_RETRY_SECONDS until it appears.
+  `kopf.PermanentError` (fixed only by a new spec); a child the API server refused a
+  `kopf.TemporaryError` with a doubling delay; waiting on something no watch reports (pods that do not
+  start, a missing service account) a quiet re-check after KUBETUNE_RECHECK_SECONDS (no error logged).
 * `raycluster_event` / `job_event`: any change of a child (KubeRay marking it ready, the Job
   completing, a hand edit or deletion) reconciles its owner at once.
-* `tuneexperiment_resync`: a periodic safety net. Being a timer, it makes kopf put its finalizer
-  (`kubetune.io/finalizer`) on experiments; kopf removes it on deletion, also when the experiment was
-  deleted while the operator was down and it comes back. The children go by ownerReferences and GC.
+* a periodic resync (a thread of ours, every KUBETUNE_RESYNC_SECONDS): a safety net. Not a kopf timer:
+  kopf puts a finalizer on every object that has timers, and a finalizer protects nothing here (the
+  children go by ownerReferences and the garbage collector) but makes `kubectl delete` hang while the
+  operator is down or uninstalled. So there is no finalizer; an old one (`kubetune.io/finalizer`) is
+  removed by kopf when it sees the experiment.
+* kopf's diff base (what it compares a spec with to detect an update) holds digests of the spec and
+  metadata, not their copy: a large spec cannot overflow the 256 KiB annotation limit.
 
 Handlers are registered per call of `register()`, into a registry of their own, so the settings
 (timer interval, backoffs) are read once at start-up.
@@ -15,6 +20,8 @@ Handlers are registered per call of `register()`, into a registry of their own, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from typing import Any, Callable
@@ -31,12 +38,31 @@ from kubetune.controller.settings import Settings
 log = logging.getLogger("kubetune.operator")
 
 
-def configure_kopf(ks: kopf.OperatorSettings) -> None:
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base as digests: {"spec": {"sha256": ...}, "metadata": {"sha256": ...}}.
+
+    kopf compares the stored essence with the current one to call `on.update(field="spec")`; a digest
+    changes exactly when the spec does, and stays ~150 bytes whatever the spec's size.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        return {key: {"sha256": _sha256(value)} for key, value in essence.items()}
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
     """kopf's own bookkeeping under the kubetune.io group; one standalone operator, no peering."""
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key="last-handled-configuration")
-    ks.persistence.finalizer = f"{API_GROUP}/finalizer"
+    ks.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=API_GROUP, key="last-handled-configuration")
+    ks.persistence.finalizer = f"{API_GROUP}/finalizer"  # none is added; kopf removes this old one
     ks.peering.standalone = True
+    if not settings.clusterwide:
+        # Namespaced: no cluster-wide scan of CRDs and namespaces, so Roles in the watched namespaces suffice.
+        ks.scanning.disabled = True
     # The operator posts its own events on each transition; kopf's per-handler events would repeat them.
     ks.posting.enabled = False
     # Watch only the Jobs and RayClusters kubetune made (server-side selectors), not the whole cluster's.
@@ -56,6 +82,7 @@ def owner_of(body: Any) -> str | None:
 def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
              registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
     registry = registry or kopf.OperatorRegistry()
+    operator_settings = settings
     clients: dict[str, Kube] = {}
 
     def kube() -> Kube:
@@ -70,14 +97,20 @@ def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
             metrics.METRICS["kubetune_operator_reconcile_errors"].labels("invalid_spec").inc()
         return plan
 
-    def reconcile_or_raise(body: Any, trigger: str) -> None:
+    def reconcile_or_raise(body: Any, trigger: str, retry: int = 0) -> None:
         plan = run(body, trigger)
         if plan is None:
             return
         if plan.permanent:
             raise kopf.PermanentError(f"invalid spec: {plan.permanent}")
+        if plan.retry_after and plan.backoff:
+            # A refused write: kopf retries the handler, doubling the delay up to 5 minutes.
+            raise kopf.TemporaryError(plan.status.get("message") or "refused",
+                                      delay=min(plan.retry_after * 2 ** min(retry, 8), 300.0))
         if plan.retry_after:
-            raise kopf.TemporaryError(plan.status.get("message") or "waiting", delay=plan.retry_after)
+            # A wait (pods not starting, a missing service account) is no error: a quiet re-check later.
+            meta = body.get("metadata", {})
+            retry_later(meta["namespace"], meta["name"], plan.retry_after)
 
     resource = (API_GROUP, API_VERSION, PLURAL)
     backoff = settings.error_backoff_seconds
@@ -87,27 +120,42 @@ def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
         # The pod's service account, else KUBECONFIG: the same credentials as the adapter's client.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    stopping = threading.Event()
+
     @kopf.on.startup(id="operator_startup", registry=registry)
     def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, operator_settings)
+        if operator_settings.resync_seconds > 0:
+            threading.Thread(target=resync_loop, name="kubetune-resync", daemon=True).start()
+
+    @kopf.on.cleanup(id="operator_cleanup", registry=registry)
+    def operator_cleanup(**_: Any) -> None:
+        stopping.set()
 
     @kopf.on.create(*resource, id="tuneexperiment_create", backoff=backoff, registry=registry)
-    def tuneexperiment_create(body: Any, **_: Any) -> None:
-        reconcile_or_raise(body, "create")
+    def tuneexperiment_create(body: Any, retry: int = 0, **_: Any) -> None:
+        reconcile_or_raise(body, "create", retry)
 
     @kopf.on.resume(*resource, id="tuneexperiment_resume", backoff=backoff, registry=registry)
-    def tuneexperiment_resume(body: Any, **_: Any) -> None:
-        reconcile_or_raise(body, "resume")
+    def tuneexperiment_resume(body: Any, retry: int = 0, **_: Any) -> None:
+        reconcile_or_raise(body, "resume", retry)
 
     @kopf.on.update(*resource, id="tuneexperiment_update", field="spec", backoff=backoff, registry=registry)
-    def tuneexperiment_update(body: Any, **_: Any) -> None:
-        reconcile_or_raise(body, "update")
+    def tuneexperiment_update(body: Any, retry: int = 0, **_: Any) -> None:
+        reconcile_or_raise(body, "update", retry)
 
-    if settings.resync_seconds > 0:
-        @kopf.timer(*resource, id="tuneexperiment_resync", interval=settings.resync_seconds,
-                    initial_delay=settings.resync_seconds, registry=registry)
-        def tuneexperiment_resync(name: str, namespace: str, **_: Any) -> None:
-            by_name(namespace, name, "resync")  # invalid specs are reported by the handlers above
+    def resync_loop() -> None:
+        """Every experiment in the watched namespaces, every KUBETUNE_RESYNC_SECONDS (no finalizer needed)."""
+        while not stopping.wait(operator_settings.resync_seconds):
+            try:
+                found = kube().list_experiments(operator_settings.watch_namespaces)
+            except Exception as exc:  # the API server away: the next round tries again
+                log.warning("resync: listing experiments failed: %s", exc)
+                continue
+            for namespace, name in found:
+                if stopping.is_set():
+                    return
+                by_name(namespace, name, "resync")
 
     retries: dict[tuple[str, str], threading.Timer] = {}
     retries_lock = threading.Lock()

@@ -1,14 +1,15 @@
 """The one adapter between the operator and the Kubernetes API (kopf's own watching aside).
 
 Everything here is a plain call with dicts in and out; a create that answers 409 Conflict is success
-(the child is there, which is what we wanted), a delete that answers 404 is success too. Secrets are
-only ever read as metadata (PartialObjectMetadata): the operator learns that a Secret exists, never
-what it holds.
+(the child is there, which is what we wanted), a delete that answers 404 is success too. A create or
+patch that the API server refuses for good (400, 403, 422: a name too long, Pod Security, a quota)
+raises `Refused`, which the reconcile turns into a condition. The operator reads no Secret at all.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import signal
@@ -26,12 +27,30 @@ from kubetune.controller import builders
 log = logging.getLogger("kubetune.operator.kube")
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayclusters"
-METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REPORTING_COMPONENT = "kubetune-operator"
 
 # Test hook for "restart at any point": after this many successful writes the process SIGKILLs
 # itself, as a crash between two API calls would. Unset in production.
 FAULT_ENV = "KUBETUNE_FAULT_KILL_AFTER_WRITES"
+
+
+class Refused(Exception):
+    """The API server refused a write (4xx other than 404/409/429): retrying the same body will not help."""
+
+    def __init__(self, verb: str, kind: str, name: str, status: int, message: str):
+        super().__init__(f"{verb} {kind} {name}: {status} {message}")
+        self.verb, self.kind, self.name, self.status, self.message = verb, kind, name, status, message
+
+
+def _refusal(exc: ApiException, verb: str, kind: str, name: str) -> Exception:
+    """A permanent 4xx as `Refused` (with the API server's message), anything else as it was."""
+    if exc.status is None or not 400 <= exc.status < 500 or exc.status in (404, 409, 429):
+        return exc
+    try:
+        message = json.loads(exc.body or "{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        message = str(exc.reason)
+    return Refused(verb, kind, name, exc.status, str(message)[:1000])
 
 
 def load_config() -> client.ApiClient:
@@ -87,6 +106,15 @@ class Kube:
                 return None
             raise
 
+    def list_experiments(self, namespaces: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """(namespace, name) of every experiment in these namespaces (all when empty)."""
+        if namespaces:
+            items = [i for ns in namespaces for i in
+                     self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL)["items"]]
+        else:
+            items = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)["items"]
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
+
     def patch_experiment_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A merge patch of the status subresource: only the fields given (the driver writes others)."""
         try:
@@ -120,19 +148,7 @@ class Kube:
             return
         self._wrote()
 
-    # -- Secrets: existence only
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        try:
-            # PartialObjectMetadata: the API server answers with the metadata only, no data.
-            response = self.core.read_namespaced_secret(
-                name, namespace, _preload_content=False, _headers={"Accept": METADATA_ONLY})
-            response.release_conn()
-        except ApiException as exc:
-            if self._absent(exc):
-                return False
-            raise
-        return True
+    # -- what the operator reads besides its children (never a Secret)
 
     def service_account_exists(self, namespace: str, name: str) -> bool:
         try:
@@ -174,10 +190,16 @@ class Kube:
         found = self.batch.list_namespaced_job(namespace, label_selector=builders.selector(experiment))
         return [self._json(j) for j in found.items]
 
-    def list_driver_pods(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
-        found = self.core.list_namespaced_pod(
-            namespace, label_selector=builders.selector(experiment, builders.COMPONENT_DRIVER))
+    def list_pods(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
+        """The experiment's pods: its driver pods and the Ray pods KubeRay makes from its templates."""
+        found = self.core.list_namespaced_pod(namespace, label_selector=builders.selector(experiment))
         return [self._json(p) for p in found.items]
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """core/v1 Events about one object (e.g. the Job controller's FailedCreate on a driver Job)."""
+        found = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}")
+        return [self._json(e) for e in found.items]
 
     # -- children: write (409 on create and 404 on delete are success)
 
@@ -196,7 +218,7 @@ class Kube:
             if exc.status == 409:
                 log.info("%s %s/%s exists already", kind, namespace, manifest["metadata"]["name"])
                 return
-            raise
+            raise _refusal(exc, "create", kind, manifest["metadata"]["name"]) from None
         log.info("created %s %s/%s", kind, namespace, manifest["metadata"]["name"])
         self._wrote()
 
@@ -214,7 +236,7 @@ class Kube:
         except ApiException as exc:
             if self._absent(exc):
                 return
-            raise
+            raise _refusal(exc, "patch", kind, name) from None
         log.info("patched %s %s/%s", kind, namespace, name)
         self._wrote()
 

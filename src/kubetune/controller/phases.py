@@ -6,12 +6,12 @@ transition is unit-tested without a cluster; `reconcile.py` observes and applies
 
 | phase        | when                                                                  |
 | ------------ | --------------------------------------------------------------------- |
-| Pending      | the spec is valid, the storage Secret is missing (or nothing exists yet) |
+| Pending      | nothing observed yet                                                  |
 | Provisioning | the RayCluster exists but is not ready                                |
 | Running      | the RayCluster is ready; the driver Job is created / running          |
 | Succeeded    | the driver Job completed                                              |
-| Failed       | invalid spec, driver Job failed past its backoff limit, RayCluster failed |
-| Suspended    | spec.suspend: RayCluster and driver removed, storage kept             |
+| Failed       | invalid or refused spec, driver failed (final exit code or past its backoff limit), RayCluster failed |
+| Suspended    | spec.suspend: RayCluster and driver removed, S3 storage kept          |
 
 The operator owns phase, message, conditions, startTime, completionTime, observedGeneration,
 rayClusterName and driverJobName; the driver owns trials, progress, bestTrial and resultsUri.
@@ -23,8 +23,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api import exitcodes
 from kubetune.api.errors import FieldIssue
-from kubetune.api.spec import TuneExperimentSpec
+from kubetune.api.spec import ObjectMeta, TuneExperimentSpec
 from kubetune.api.status import ConditionType, Phase, Reason
 from kubetune.controller import builders
 from kubetune.controller.settings import Settings
@@ -127,6 +128,85 @@ def pod_is_live(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
+# Container waiting reasons that do not go away by themselves (the kubelet retries, nothing changes).
+STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
+                 "InvalidImageName", "RunContainerError", "CrashLoopBackOff")
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    component: str  # driver, head or worker
+    pod: str
+    reason: str  # the kubelet's or the scheduler's, e.g. CreateContainerConfigError, Unschedulable
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.component} pod {self.pod}: {self.reason}: {self.message}".rstrip(": ")
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> list[PodProblem]:
+    """Why live pods of the experiment do not start: stuck containers, no node that fits."""
+    found = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or not pod_is_live(pod):
+            continue
+        component = (meta.get("labels") or {}).get(builders.LABEL_COMPONENT, "")
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                found.append(PodProblem(component, meta.get("name", ""), waiting["reason"], waiting.get("message", "")))
+                break
+        else:
+            scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+            if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+                found.append(PodProblem(component, meta.get("name", ""), "Unschedulable", scheduled.get("message", "")))
+    return found
+
+
+def failed_create(events: list[dict[str, Any]]) -> str | None:
+    """The newest FailedCreate of the Job controller (e.g. Pod Security, a quota): its message."""
+    refused = [e for e in events if e.get("reason") == "FailedCreate" and e.get("type") == "Warning"]
+    if not refused:
+        return None
+    newest = max(refused, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
+                                         int((e.get("metadata") or {}).get("resourceVersion") or 0)))
+    return str(newest.get("message") or "FailedCreate")
+
+
+def driver_exit(pods: list[dict[str, Any]], job_name: str) -> tuple[int | None, str]:
+    """The exit code and termination message of the newest finished driver pod of a Job."""
+    finished = []
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if job_name not in (labels.get("batch.kubernetes.io/job-name"), labels.get("job-name")):
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if cs.get("name") == builders.DRIVER_CONTAINER and terminated:
+                finished.append((terminated.get("finishedAt") or "", pod["metadata"].get("creationTimestamp") or "",
+                                 terminated))
+    if not finished:
+        return None, ""
+    terminated = max(finished, key=lambda f: (f[0], f[1]))[2]
+    message = " ".join(str(terminated.get("message") or "").split())  # the last line(s), flattened
+    return terminated.get("exitCode"), message[-600:]
+
+
+EXIT_REASONS = {
+    exitcodes.BAD_SPEC: (Reason.SPEC_REJECTED_BY_DRIVER, "the driver rejected the spec (exit code 2)"),
+    exitcodes.ALL_TRIALS_FAILED: (Reason.ALL_TRIALS_FAILED, "the search ended with every trial failed (exit code 3)"),
+}
+
+
+def driver_failure(js: "ChildState", pods: list[dict[str, Any]], job_name: str) -> "ChildState":
+    """A failed driver Job, with the driver's own reason: its exit code and last words."""
+    code, said = driver_exit(pods, job_name)
+    reason, what = EXIT_REASONS.get(code, (Reason.DRIVER_FAILED, f"the driver exited with code {code}" if code else ""))
+    parts = [js.message] + [p for p in (what, f"driver said: {said}" if said else "") if p]
+    return ChildState("failed", reason, "; ".join(parts))
+
+
 # -- conditions
 
 
@@ -163,13 +243,14 @@ class Observation:
     now: str
     spec: TuneExperimentSpec | None = None
     issues: list[FieldIssue] = field(default_factory=list)
-    secret_exists: bool | None = None
     configmap: dict[str, Any] | None = None
     raycluster: dict[str, Any] | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)
     driver_pods: list[dict[str, Any]] = field(default_factory=list)
     driver_service_account_exists: bool | None = None
     uid: str = ""
+    pods: list[dict[str, Any]] = field(default_factory=list)  # the Ray pods (head, workers)
+    job_events: list[dict[str, Any]] = field(default_factory=list)  # of the current driver Job while it has no pod
 
 
 @dataclass
@@ -189,6 +270,7 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
     retry_after: float | None = None
     permanent: str | None = None
+    backoff: bool = False  # retry_after grows with each retry (a refused write), else a steady re-check
 
 
 class _Draft:
@@ -234,8 +316,11 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     """Decide one reconcile. Idempotent: the same observation after the plan is applied plans nothing."""
     d = _Draft(obs)
     if obs.issues or obs.spec is None:
-        return _invalid(d, obs)
+        return _invalid(d, obs.issues, Reason.INVALID_SPEC)
     spec = obs.spec
+    for reason, issues in admission_issues(obs.name, spec, settings):
+        if issues:
+            return _invalid(d, issues, reason)
     d.cond(ConditionType.SPEC_VALID, True, Reason.VALID, "the spec is valid")
     rc_name = builders.ray_cluster_name(obs.name)
     job_name = builders.driver_job_name(obs.name, spec)
@@ -253,7 +338,9 @@ def plan(obs: Observation, settings: Settings) -> Plan:
         for job in obs.jobs:
             if job_state(job).kind != "deleting":
                 actions.append(Action("delete_job", "Job", job["metadata"]["name"]))
-        message = "suspended: the RayCluster and the driver are removed, storage is kept; set spec.suspend to false to resume"
+        kept = (f"results and checkpoints in {spec.storage.uri} are kept" if spec.storage.is_s3 else
+                "local storage went with the driver pod (nothing is kept)")
+        message = f"the RayCluster and the driver are removed, {kept}; set spec.suspend to false to resume"
         for type_ in (ConditionType.RAY_CLUSTER_READY, ConditionType.DRIVER_RUNNING, ConditionType.COMPLETE):
             d.cond(type_, False, Reason.SUSPENDED, message)
         d.status["driverJobName"] = job_name
@@ -274,10 +361,12 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     if resumed_from in Phase.FINISHED and not spec_was_valid:
         resumed_from = None  # a fixed spec starts the run, it does not resume one
     resume_note = None
+    # Only object storage outlives the driver pod: with local storage a resumed run starts over.
+    how = "continuing it from storage" if spec.storage.is_s3 else "starting over (local storage was not kept)"
     if resumed_from == Phase.SUSPENDED:
-        resume_note = "resumed: continuing the experiment from storage"
+        resume_note = f"resumed: {how}"
     elif resumed_from is not None:
-        resume_note = f"the spec changed after the experiment ended ({resumed_from}): continuing it from storage"
+        resume_note = f"the spec changed after the experiment ended ({resumed_from}): {how}"
     if resumed_from is not None:
         d.status["completionTime"] = None
     d.status["driverJobName"] = job_name
@@ -288,22 +377,32 @@ def plan(obs: Observation, settings: Settings) -> Plan:
         d.phase(p, reason, f"{resume_note}; {message}" if resume_note else message,
                 event_reason=Reason.RESUMED if resume_note else None)
 
-    # Storage: the Secret must exist before any pod refers to it (a missing one would wedge the pods).
+    # Storage. The operator cannot read Secrets (least privilege): a missing storage Secret shows when a
+    # pod that refers to it cannot start (the kubelet's CreateContainerConfigError).
     storage = spec.storage
+    problems = pod_problems(obs.pods + pods_of_job(obs.driver_pods, job_name))
     if storage.secret_ref:
-        if not obs.secret_exists:
-            message = (f"Secret {storage.secret_ref!r} (spec.storage.secretRef) not found in namespace "
-                       f"{obs.namespace}; waiting for it")
+        lacking = [p for p in problems if p.reason == "CreateContainerConfigError"
+                   and f'secret "{storage.secret_ref}" not found' in p.message]
+        if lacking:
+            missing = lacking[0]
+            message = (f"Secret {storage.secret_ref!r} (spec.storage.secretRef) not found in namespace {obs.namespace}: "
+                       f"the pods cannot start ({missing}); create it and they start")
             d.cond(ConditionType.STORAGE_READY, False, Reason.SECRET_NOT_FOUND, message)
-            phase(Phase.PENDING, Reason.SECRET_NOT_FOUND, message)
-            return Plan(d.status, actions, d.events, retry_after=settings.secret_retry_seconds)
-        d.cond(ConditionType.STORAGE_READY, True, Reason.SECRET_FOUND, f"Secret {storage.secret_ref!r} found")
+            problems = [p for p in problems if p not in lacking]
+        else:
+            d.cond(ConditionType.STORAGE_READY, True, Reason.SECRET_REFERENCED,
+                   f"the pods read the S3 credentials from Secret {storage.secret_ref!r} (a missing Secret shows "
+                   "here once a pod reports it)")
     elif storage.is_s3:
         d.cond(ConditionType.STORAGE_READY, True, Reason.NO_SECRET_REF,
                "no spec.storage.secretRef: the pods use the credentials of their environment (e.g. a workload identity)")
     else:
-        d.cond(ConditionType.STORAGE_READY, True, Reason.LOCAL_STORAGE,
-               "spec.storage.uri is not s3://: results stay on the driver pod's disk and are lost with it")
+        # Marked, not refused: a first try on a cluster needs no bucket, but nothing of it survives the driver pod.
+        d.cond(ConditionType.STORAGE_READY, False, Reason.LOCAL_STORAGE,
+               f"spec.storage.uri {storage.uri or '(unset)'} is not s3://: results and checkpoints live on the driver "
+               "pod's disk and are lost with it (a replaced driver starts the search over); set spec.storage to an "
+               "S3 bucket to keep them")
 
     jobs = {j["metadata"]["name"]: j for j in obs.jobs}
     current = jobs.get(job_name)
@@ -323,10 +422,11 @@ def plan(obs: Observation, settings: Settings) -> Plan:
         d.finish(Phase.SUCCEEDED, Reason.DRIVER_SUCCEEDED, js.message)
         return Plan(d.status, actions, d.events)
     if js.kind == "failed":
-        d.cond(ConditionType.DRIVER_RUNNING, False, Reason.DRIVER_FAILED, js.message)
-        d.cond(ConditionType.COMPLETE, False, Reason.DRIVER_FAILED, js.message)
+        js = driver_failure(js, obs.driver_pods, job_name)
+        d.cond(ConditionType.DRIVER_RUNNING, False, js.reason, js.message)
+        d.cond(ConditionType.COMPLETE, False, js.reason, js.message)
         _finish_cluster(d, rc, cleanup, delete_cluster)
-        d.finish(Phase.FAILED, Reason.DRIVER_FAILED, js.message)
+        d.finish(Phase.FAILED, js.reason, js.message)
         return Plan(d.status, actions, d.events)
     if rc.kind == "failed":
         d.cond(ConditionType.RAY_CLUSTER_READY, False, Reason.RAY_CLUSTER_FAILED, rc.message)
@@ -351,6 +451,13 @@ def plan(obs: Observation, settings: Settings) -> Plan:
 
     ready = rc.kind == "ready"
     retry: float | None = None
+    ray_problems = [p for p in problems if p.component in (builders.COMPONENT_HEAD, builders.COMPONENT_WORKER)]
+    if not ready and ray_problems:
+        # KubeRay keeps waiting on these pods; no watch of ours reports them: look again later.
+        rc = ChildState(rc.kind, Reason.PODS_NOT_STARTING, f"{rc.message}: " + "; ".join(map(str, ray_problems[:3])))
+        retry = settings.recheck_seconds
+    elif not ready and rc.kind == "pending" and obs.raycluster is not None:
+        retry = settings.recheck_seconds  # pods may get stuck without the RayCluster's status changing
     d.cond(ConditionType.RAY_CLUSTER_READY, ready, rc.reason, rc.message)
     if current is None:
         # Two drivers on one experiment would both write its state: wait until every earlier driver pod is gone.
@@ -362,33 +469,119 @@ def plan(obs: Observation, settings: Settings) -> Plan:
             js = ChildState("pending", Reason.SERVICE_ACCOUNT_NOT_FOUND, (
                 f"ServiceAccount {settings.driver_service_account!r} not found in namespace {obs.namespace}: the driver "
                 "pod cannot start; apply the kubetune-driver ServiceAccount, Role and RoleBinding (operator/rbac.yaml) here"))
-            retry = settings.secret_retry_seconds
+            retry = settings.recheck_seconds
         elif ready:
             actions.append(Action("create_job", "Job", job_name,
                                   builders.build_driver_job(obs.name, obs.namespace, spec, settings)))
             js = ChildState("pending", Reason.DRIVER_STARTING, f"created driver Job {job_name}")
         else:
             js = ChildState("pending", Reason.DRIVER_STARTING, "the driver starts when the RayCluster is ready")
+    elif js.kind == "pending":
+        # The Job controller reports a refused pod (Pod Security, a quota) only as an event on the Job.
+        refused = failed_create(obs.job_events) if not _live(pods_of_job(obs.driver_pods, job_name)) else None
+        driver_problems = [p for p in problems if p.component == builders.COMPONENT_DRIVER]
+        if refused:
+            js = ChildState("pending", Reason.POD_CREATE_FAILED,
+                            f"the Job controller cannot create the driver pod of Job {job_name}: {refused}")
+        elif driver_problems:
+            js = ChildState("pending", Reason.PODS_NOT_STARTING, f"{js.message}: " + "; ".join(map(str, driver_problems)))
+        retry = settings.recheck_seconds
     d.cond(ConditionType.DRIVER_RUNNING, js.kind == "running", js.reason, js.message)
     d.cond(ConditionType.COMPLETE, False, js.reason if ready else rc.reason, "the experiment is not over")
     if ready:
         phase(Phase.RUNNING, js.reason if js.kind == "running" else Reason.RAY_CLUSTER_READY, js.message)
     else:
         phase(Phase.PROVISIONING, Reason.RAY_CLUSTER_CREATING, rc.message)
-    old_driver = get_condition(d.old, ConditionType.DRIVER_RUNNING) or {}
-    if js.reason == Reason.SERVICE_ACCOUNT_NOT_FOUND and old_driver.get("reason") != Reason.SERVICE_ACCOUNT_NOT_FOUND:
-        d.events.append(("Warning", Reason.SERVICE_ACCOUNT_NOT_FOUND, js.message))
+    warn_once(d, ConditionType.DRIVER_RUNNING, js.reason, js.message)
+    warn_once(d, ConditionType.RAY_CLUSTER_READY, rc.reason, rc.message)
+    storage_cond = get_condition(d.status, ConditionType.STORAGE_READY) or {}
+    warn_once(d, ConditionType.STORAGE_READY, storage_cond.get("reason", ""), storage_cond.get("message", ""))
     return Plan(d.status, actions, d.events, retry_after=retry)
 
 
-def _invalid(d: _Draft, obs: Observation) -> Plan:
-    message = issues_message(obs.issues) or "the spec is missing"
+@dataclass(frozen=True)
+class Refusal:
+    """A write the API server refused for good (see kube.Refused)."""
+
+    kind: str
+    name: str
+    verb: str
+    status: int
+    message: str
+
+
+def refused(plan_: Plan, obs: Observation, refusals: list[Refusal], settings: Settings) -> Plan:
+    """The plan's status once some of its writes were refused: a condition, a Warning event once, a retry.
+
+    A RayCluster refused is RayClusterReady=False, a Job or ConfigMap refused DriverRunning=False, both
+    with reason CreateRefused and the API server's own message (e.g. `... must be no more than 63 bytes`,
+    `exceeded quota`). Retried after KUBETUNE_ERROR_BACKOFF_SECONDS, doubled by kopf's retries.
+    """
+    d = _Draft(obs)
+    d.status = copy.deepcopy(plan_.status)
+    d.events = list(plan_.events)
+    for r in refusals:
+        type_ = ConditionType.RAY_CLUSTER_READY if r.kind == "RayCluster" else ConditionType.DRIVER_RUNNING
+        message = f"the API server refused to {r.verb} {r.kind} {r.name} ({r.status}): {r.message}"
+        d.cond(type_, False, Reason.CREATE_REFUSED, message)
+        d.status["message"] = message
+        warn_once(d, type_, Reason.CREATE_REFUSED, message)
+    return Plan(d.status, plan_.actions, d.events, retry_after=settings.error_backoff_seconds,
+                permanent=plan_.permanent, backoff=True)
+
+
+# Reasons that are a problem to act on: a Warning event when a condition takes one (once per cause).
+WARNING_REASONS = (Reason.SERVICE_ACCOUNT_NOT_FOUND, Reason.POD_CREATE_FAILED, Reason.PODS_NOT_STARTING,
+                   Reason.CREATE_REFUSED, Reason.SECRET_NOT_FOUND, Reason.LOCAL_STORAGE)
+
+
+def warn_once(d: "_Draft", type_: str, reason: str, message: str) -> None:
+    old = get_condition(d.old, type_) or {}
+    if reason in WARNING_REASONS and old.get("reason") != reason:
+        d.events.append(("Warning", reason, message))
+
+
+def pods_of_job(pods: list[dict[str, Any]], job_name: str) -> list[dict[str, Any]]:
+    return [p for p in pods if job_name in (((p.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name"),
+                                            ((p.get("metadata") or {}).get("labels") or {}).get("job-name"))]
+
+
+def _live(pods: list[dict[str, Any]]) -> bool:
+    return any(pod_is_live(p) and not (p.get("metadata") or {}).get("deletionTimestamp") for p in pods)
+
+
+def admission_issues(name: str, spec: TuneExperimentSpec, settings: Settings) -> list[tuple[str, list[FieldIssue]]]:
+    """What the operator refuses beyond the model: (reason, issues) per kind of check, in order."""
+    name_issues = []
+    limit = ObjectMeta.model_fields["name"].metadata
+    max_length = next((getattr(m, "max_length", None) for m in limit if getattr(m, "max_length", None)), 40)
+    if len(name) > max_length:
+        name_issues.append(FieldIssue("metadata.name", (
+            f"at most {max_length} characters (the driver Job's pods and their labels derive from it, "
+            f"within Kubernetes' 63), got {len(name)}")))
+    policy = []
+    account = spec.ray_cluster.service_account_name
+    if account and not settings.service_account_allowed(account):
+        allowed = ", ".join(settings.allowed_service_accounts) or "none"
+        policy.append(FieldIssue("spec.rayCluster.serviceAccountName", (
+            f"service account {account!r} is not allowed by the operator (KUBETUNE_ALLOWED_SERVICE_ACCOUNTS: "
+            f"{allowed}); leave it unset for the namespace's default")))
+    for path, image in (("spec.trainable.image", spec.trainable.image), ("spec.rayCluster.image", spec.ray_cluster.image)):
+        if image and not settings.image_allowed(image):
+            policy.append(FieldIssue(path, (
+                f"image {image!r} is not allowed by the operator: it must start with one of "
+                f"{', '.join(settings.allowed_image_prefixes) or '(none)'} (KUBETUNE_ALLOWED_IMAGE_PREFIXES)")))
+    return [(Reason.INVALID_NAME, name_issues), (Reason.NOT_ALLOWED, policy)]
+
+
+def _invalid(d: _Draft, issues: list[FieldIssue], reason: str) -> Plan:
+    message = issues_message(issues) or "the spec is missing"
     old = get_condition(d.old, ConditionType.SPEC_VALID) or {}
-    d.cond(ConditionType.SPEC_VALID, False, Reason.INVALID_SPEC, message)
-    d.cond(ConditionType.COMPLETE, False, Reason.INVALID_SPEC, message)
-    d.phase(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {message}")
+    d.cond(ConditionType.SPEC_VALID, False, reason, message)
+    d.cond(ConditionType.COMPLETE, False, reason, message)
+    d.phase(Phase.FAILED, reason, f"invalid spec: {message}")
     if d.old.get("phase") == Phase.FAILED and (old.get("status") != "False" or old.get("message") != message):
-        d.events.append(("Warning", Reason.INVALID_SPEC, f"Failed: invalid spec: {message}"))
+        d.events.append(("Warning", reason, f"Failed: invalid spec: {message}"))
     return Plan(d.status, [], d.events, permanent=message)
 
 
@@ -443,9 +636,23 @@ def _reconcile_raycluster(obs: Observation, desired: dict[str, Any]) -> list[Act
     if live_hash != wanted_hash:
         actions.append(Action("patch_raycluster", "RayCluster", desired["metadata"]["name"], {
             "metadata": {"annotations": {builders.ANNOTATION_SPEC_HASH: wanted_hash}},
-            "spec": desired["spec"],
+            "spec": keep_live_replicas(desired["spec"], live.get("spec") or {}),
         }))
     return actions
+
+
+def keep_live_replicas(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """An existing worker group keeps its replicas (the user's or the autoscaler's), within the new bounds.
+
+    A merge patch replaces the whole workerGroupSpecs list, so each group's live count is copied in.
+    """
+    out = copy.deepcopy(desired)
+    counts = {g.get("groupName"): g.get("replicas") for g in live.get("workerGroupSpecs") or []}
+    for group in out.get("workerGroupSpecs") or []:
+        count = counts.get(group["groupName"])
+        if isinstance(count, int):
+            group["replicas"] = min(max(count, group.get("minReplicas", 0)), group.get("maxReplicas", count))
+    return out
 
 
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:

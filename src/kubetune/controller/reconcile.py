@@ -19,7 +19,7 @@ from kubetune.api.errors import FieldIssue, SpecError
 from kubetune.api.load import load_spec
 from kubetune import metrics
 from kubetune.controller import builders, phases
-from kubetune.controller.kube import Kube
+from kubetune.controller.kube import Kube, Refused
 from kubetune.controller.settings import Settings
 
 log = logging.getLogger("kubetune.operator")
@@ -56,9 +56,6 @@ def observe(kube: Kube, body: Mapping[str, Any], settings: Settings, now: str | 
     )
     if spec is None:
         return obs  # nothing to look at: an invalid spec creates no child
-    ref = spec.storage.secret_ref
-    if ref and not spec.suspend:
-        obs.secret_exists = kube.secret_exists(namespace, ref)
     obs.configmap = kube.get_configmap(namespace, builders.configmap_name(name))
     obs.raycluster = kube.get_raycluster(namespace, builders.ray_cluster_name(name))
     obs.jobs = kube.list_driver_jobs(namespace, name)
@@ -70,8 +67,17 @@ def observe(kube: Kube, body: Mapping[str, Any], settings: Settings, now: str | 
         elif settings.driver_service_account and not spec.suspend:
             # Without it the Job controller cannot create the driver pod: say so instead of waiting silently.
             obs.driver_service_account_exists = kube.service_account_exists(namespace, settings.driver_service_account)
-    obs.driver_pods = kube.list_driver_pods(namespace, name)
+    pods = kube.list_pods(namespace, name)  # one call: driver, head and worker pods
+    obs.driver_pods = [p for p in pods if _component(p) == builders.COMPONENT_DRIVER]
+    obs.pods = [p for p in pods if _component(p) in (builders.COMPONENT_HEAD, builders.COMPONENT_WORKER)]
+    current = next((j for j in obs.jobs if j["metadata"]["name"] == job_name), None)
+    if current is not None and phases.job_state(current).kind == "pending" and not any(phases.pod_is_live(p) for p in phases.pods_of_job(obs.driver_pods, job_name)):
+        obs.job_events = kube.list_events(namespace, "Job", job_name)  # FailedCreate: Pod Security, quotas
     return obs
+
+
+def _component(pod: Mapping[str, Any]) -> str:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_COMPONENT, "")
 
 
 def apply_action(kube: Kube, action: phases.Action, owner: Mapping[str, Any], namespace: str) -> None:
@@ -101,8 +107,15 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
             return None  # ownerReferences and the garbage collector remove the children
         obs = observe(kube, fresh, settings)
         plan = phases.plan(obs, settings)
+        refusals = []
         for action in plan.actions:
-            apply_action(kube, action, fresh, namespace)
+            try:
+                apply_action(kube, action, fresh, namespace)
+            except Refused as exc:  # the others still go ahead; this one is reported and retried later
+                refusals.append(phases.Refusal(action.kind, action.name, exc.verb, exc.status, exc.message))
+                metrics.METRICS["kubetune_operator_reconcile_errors"].labels(metrics.status_reason(exc.status)).inc()
+        if refusals:
+            plan = phases.refused(plan, obs, refusals, settings)
         patch = phases.status_patch(obs.status, plan.status)
         if patch:
             kube.patch_experiment_status(namespace, name, patch)

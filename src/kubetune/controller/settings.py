@@ -38,9 +38,10 @@ class Settings:
         "spec.trainable.image nor spec.rayCluster.image.")
     image_pull_policy: str = _setting(
         "IfNotPresent", "imagePullPolicy of every container the operator creates.")
-    namespaces: tuple[str, ...] = _setting(
-        (), "Comma-separated namespaces to watch; empty watches all namespaces (cluster-wide). "
-        "`kubetune operator --namespace` overrides it.")
+    watch_namespaces: tuple[str, ...] = _setting(
+        (), "Comma-separated namespaces to watch; empty watches all namespaces (cluster-wide, needs the "
+        "ClusterRole). With namespaces listed the operator needs only Roles there (operator/rbac-namespaced.yaml) "
+        "and reads nothing cluster-wide. `kubetune operator --namespace` overrides it.")
     metrics_port: int = _setting(
         9090, "Port of the operator's Prometheus /metrics endpoint; 0 disables it.")
     probe_port: int = _setting(
@@ -50,7 +51,8 @@ class Settings:
         "delete the RayCluster when the experiment succeeds or fails (storage is always kept).")
     driver_backoff_limit: int = _setting(
         3, "backoffLimit of the driver Job: how often a failed driver pod is replaced (each "
-        "replacement resumes from storage) before the experiment fails. Exit code 2 (bad spec) fails at once.")
+        "replacement resumes from storage) before the experiment fails. The driver's exit codes 2 (bad spec) "
+        "and 3 (every trial failed) fail at once.")
     driver_service_account: str = _setting(
         "kubetune-driver", "Service account of the driver pods; it needs the kubetune-driver Role "
         "(get tuneexperiments, patch tuneexperiments/status) in the experiment's namespace. Empty: the namespace's default.")
@@ -68,12 +70,21 @@ class Settings:
         60, "With spec.rayCluster.enableAutoscaling: seconds before an idle worker is removed.")
     resync_seconds: float = _setting(
         60.0, "Seconds between periodic re-checks of every experiment (a safety net: children's "
-        "events trigger the operator at once). 0 turns them off, and with them kopf's finalizer.")
-    secret_retry_seconds: float = _setting(
-        15.0, "Seconds between checks for a storage Secret, or a driver service account, that does not exist yet.")
+        "events trigger the operator at once); 0 turns them off. No finalizer either way.")
+    recheck_seconds: float = _setting(
+        15.0, "Seconds between checks of an experiment that waits on something no watch reports: pods not "
+        "starting (a missing Secret, an image that cannot be pulled, pods refused by Pod Security or a quota), "
+        "a missing driver service account.")
     error_backoff_seconds: float = _setting(
         10.0, "Seconds before a reconcile that failed unexpectedly (e.g. the API server was away) is retried.")
     log_level: str = _setting("INFO", "Log level of the operator: DEBUG, INFO, WARNING or ERROR.")
+    allowed_service_accounts: tuple[str, ...] = _setting(
+        (), "Comma-separated service accounts that spec.rayCluster.serviceAccountName may name; `*` allows any. "
+        "Empty: none, the Ray pods run as the namespace's `default` (a service account carries API permissions "
+        "that the experiment's author may not have).")
+    allowed_image_prefixes: tuple[str, ...] = _setting(
+        ("*",), "Comma-separated prefixes that spec.trainable.image and spec.rayCluster.image must start with, "
+        "e.g. `registry.example.com/ml/`; `*` allows any image. KUBETUNE_TRIAL_IMAGE is always allowed.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -110,7 +121,14 @@ class Settings:
 
     @property
     def clusterwide(self) -> bool:
-        return not self.namespaces
+        return not self.watch_namespaces
+
+    def service_account_allowed(self, name: str) -> bool:
+        return "*" in self.allowed_service_accounts or name in self.allowed_service_accounts
+
+    def image_allowed(self, image: str) -> bool:
+        return (image == self.trial_image or "*" in self.allowed_image_prefixes
+                or any(image.startswith(prefix) for prefix in self.allowed_image_prefixes))
 
 
 def env_name(f: dataclasses.Field) -> str:
