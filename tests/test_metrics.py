@@ -123,15 +123,18 @@ def test_reconcile_metrics_count_time_and_classify_errors():
     m = Metrics(CollectorRegistry())
     with metrics.reconciling("create", m):
         pass
-    for exc in (ApiException(status=409), ApiException(status=503), ConnectionError("refused"), ValueError("x")):
+    from kubetune.controller.kube import Refused
+
+    for exc in (ApiException(status=409), ApiException(status=503), ConnectionError("refused"), ValueError("x"),
+                Refused("create", "Job", "x", 403, "jobs is forbidden: User cannot create")):
         with pytest.raises(type(exc)), metrics.reconciling("job", m):
             raise exc
     value = m.registry.get_sample_value
     assert value("kubetune_operator_reconciles_total", {"trigger": "create", "result": "ok"}) == 1
-    assert value("kubetune_operator_reconciles_total", {"trigger": "job", "result": "error"}) == 4
-    for reason in ("conflict", "server_error", "unreachable", "internal"):
+    assert value("kubetune_operator_reconciles_total", {"trigger": "job", "result": "error"}) == 5
+    for reason in ("conflict", "server_error", "unreachable", "internal", "forbidden"):
         assert value("kubetune_operator_reconcile_errors_total", {"reason": reason}) == 1
-    assert value("kubetune_operator_reconcile_duration_seconds_count", {"trigger": "job"}) == 4
+    assert value("kubetune_operator_reconcile_duration_seconds_count", {"trigger": "job"}) == 5
     m.experiments.observe("team-a", "one", "Running")
     m.experiments.observe("team-a", "two", "Running")
     m.experiments.observe("team-a", "three", "Failed")
