@@ -5,6 +5,7 @@ Runs `kubetune run` of the quickstart with metrics on, scraped every second by D
 dashboard's panels with matplotlib into docs/images/dashboard-<uid>.png.
 
     PYTHONPATH=src:trial-image .venv/bin/python hack/dashboard_images.py [--smoke] [--set PATH=VALUE ...]
+    PYTHONPATH=src:trial-image .venv/bin/python hack/dashboard_images.py --operator   # needs the envtest binaries
 """
 
 from __future__ import annotations
@@ -35,21 +36,23 @@ def legend(fmt: str, labels: dict) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt)
 
 
-def draw(board: dashboards.Dashboard, results: dict, start: float, out: Path) -> None:
+def draw(board: dashboards.Dashboard, results: dict, start: float, out: Path,
+         subtitle: str = "kubetune run examples/quickstart.yaml, scraped by Prometheus") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    panels = [p for p in board.panels if any(results[(p.title, q.expr)] for q in p.queries)]
+    panels = [p for p in board.panels if any(results.get((p.title, q.expr)) for q in p.queries)]
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(15, 3.2 * rows), dpi=90)
-    fig.suptitle(f"{board.title} (kubetune run examples/quickstart.yaml, scraped by Prometheus)", fontsize=13)
+    fig.suptitle(f"{board.title} ({subtitle})", fontsize=13)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.set_title(panel.title, fontsize=10)
-        series = [(legend(q.legend, s["metric"]), s["values"]) for q in panel.queries for s in results[(panel.title, q.expr)]]
+        series = [(legend(q.legend, s["metric"]), s["values"]) for q in panel.queries
+                  for s in results.get((panel.title, q.expr), [])]
         if panel.kind == "stat":
             ax.axis("off")
             shown = series[:6]
@@ -77,14 +80,20 @@ def draw(board: dashboards.Dashboard, results: dict, start: float, out: Path) ->
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png")
-    print(out.relative_to(ROOT))
+    print(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--operator", action="store_true",
+                        help="the operator dashboard instead: runs tests/test_prometheus.py's operator test, which draws it")
     args = parser.parse_args()
+    if args.operator:
+        env = dict(os.environ, KUBETUNE_DASHBOARD_IMAGES=str(ROOT / "docs" / "images"))
+        return subprocess.call([sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_prometheus.py"),
+                                "-k", "operator"], env=env, cwd=ROOT)
     prometheus_bin, _ = _binaries()
     work = Path(tempfile.mkdtemp(prefix="kubetune-dashboard-images-"))
     port = free_port()

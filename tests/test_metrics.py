@@ -340,3 +340,14 @@ def test_a_trial_reports_its_samples_and_checkpoint_cost(capsys):
     # the checkpoint was persisted inside the second report: its time rides on the next result
     assert third["samples"] == 128 and third["checkpoint_upload_s"] >= 0 and "checkpoint_save_s" not in third
     assert lines[1].endswith("(checkpoint)")
+
+
+def test_operator_counters_start_at_zero_for_every_label_value():
+    m = Metrics(CollectorRegistry())
+    metrics.init_operator_series(m)
+    value = m.registry.get_sample_value
+    assert value("kubetune_operator_reconcile_errors_total", {"reason": "invalid_spec"}) == 0
+    assert value("kubetune_operator_children_created_total", {"kind": "RayCluster"}) == 0
+    assert value("kubetune_operator_reconciles_total", {"trigger": "retry", "result": "error"}) == 0
+    assert value("kubetune_trials_started_total", {"namespace": "default", "experiment": "x"}) is None
+    assert metrics.sample_problems(generate_latest(m.registry).decode()) == []

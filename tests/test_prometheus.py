@@ -140,8 +140,12 @@ def promtool_check(promtool: str, exposition: str) -> str:
     return (result.stdout + result.stderr).strip() if result.returncode or result.stdout or result.stderr else ""
 
 
-def evaluate_dashboards(prom: Prometheus, start: float, end: float, substitutions: dict[str, str]):
-    """Every expression of every dashboard: (evaluated, with data, panels by title -> has data, parse errors)."""
+def evaluate_dashboards(prom: Prometheus, start: float, end: float, substitutions: dict[str, str],
+                        results: dict | None = None):
+    """Every expression of every dashboard: (evaluated, with data, panels by title -> has data, parse errors).
+
+    `results`, when given, receives each panel query's series by (dashboard, panel, expression).
+    """
     evaluated = with_data = 0
     panels: dict[tuple[str, str], bool] = {}
     errors = []
@@ -151,6 +155,7 @@ def evaluate_dashboards(prom: Prometheus, start: float, end: float, substitution
         for panel in board["panels"]:
             exprs += [(panel["title"], t["expr"]) for t in panel["targets"]]
         for title, expr in exprs:
+            original = expr
             if expr.startswith("label_values("):  # a variable: label_values(selector, label)
                 selector, label = expr[len("label_values("):-1].rsplit(",", 1)
                 expr = f"group by ({label.strip()}) ({selector})"
@@ -161,6 +166,8 @@ def evaluate_dashboards(prom: Prometheus, start: float, end: float, substitution
             if answer.get("status") != "success":
                 errors.append(f"{board['title']} / {title}: {expr}: {answer.get('error')}")
                 continue
+            if results is not None:
+                results[(board["title"], title, original)] = answer["data"]["result"]
             has = any(series.get("values") for series in answer["data"]["result"])
             with_data += has
             key = (board["title"], title)
@@ -225,15 +232,22 @@ def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, n
     cluster = Cluster(kube, namespace)
     try:
         with Scraper(f"http://127.0.0.1:{port}/metrics", "kubetune_operator_") as scraper:
+            # Spaced out, so that the rates over the scrapes see each step (counters scraped first at 1 show no rate).
+            time.sleep(3 * SCRAPE_INTERVAL_S)
             cluster.create(experiment_manifest("scraped"))
+            wait_until(lambda: (cluster.get("scraped") or {}).get("status", {}).get("phase") == "Provisioning", 60)
+            time.sleep(3 * SCRAPE_INTERVAL_S)
             # passes the API server's schema, fails the model: a grid with hyperopt
             cluster.create(experiment_manifest("scraped-bad", search={"algorithm": "hyperopt", "numSamples": 2, "seed": 1},
                                                parameters={"bs": {"grid": [16, 32]}}))
-            wait_until(lambda: (cluster.get("scraped") or {}).get("status", {}).get("phase"), 60)
             wait_until(lambda: (cluster.get("scraped-bad") or {}).get("status", {}).get("phase") == "Failed", 60)
-            wait_until(lambda: "kubetune_operator_children_created_total{kind=\"Job\"}" in scraper.best
-                       or "kubetune_operator_children_created_total{kind=\"RayCluster\"}" in scraper.best, 60)
-            time.sleep(3 * SCRAPE_INTERVAL_S)  # a few scrapes after the last change
+            time.sleep(3 * SCRAPE_INTERVAL_S)
+            # a RayCluster deleted by hand is recreated: children created again
+            uid = cluster.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", "scraped")["metadata"]["uid"]
+            cluster.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", "scraped")
+            wait_until(lambda: cluster.custom.get_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayclusters", "scraped")["metadata"]["uid"] != uid, 60)
+            time.sleep(5 * SCRAPE_INTERVAL_S)  # a few scrapes after the last change
     finally:
         cluster.close()
         operator.stop()
@@ -241,7 +255,10 @@ def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, n
     exposition = scraper.best
     assert promtool_check(promtool, exposition) == ""
     assert metrics.sample_problems(exposition) == []
-    evaluated, with_data, panels, errors = evaluate_dashboards(prom, start, end, {"$namespace": namespace})
+    results: dict = {}
+    evaluated, with_data, panels, errors = evaluate_dashboards(prom, start, end, {"$namespace": namespace}, results)
+    if os.environ.get("KUBETUNE_DASHBOARD_IMAGES"):  # hack/dashboard_images.py --operator
+        draw_operator_dashboard(results, start, Path(os.environ["KUBETUNE_DASHBOARD_IMAGES"]))
     sources = _panel_sources()
     core = [key for key, panel in sources.items() if panel.source == "operator" and panel.core
             and key[0] == "kubetune / Operator"]
@@ -250,3 +267,16 @@ def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, n
           f"operator panels with data: {len(core) - len(missing)}/{len(core)}")
     assert errors == []
     assert missing == []
+
+
+def draw_operator_dashboard(results: dict, start: float, out_dir: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dashboard_images", ROOT / "hack" / "dashboard_images.py")
+    images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(images)
+    board = dashboards.operator()
+    panel_results = {(title, expr): series for (b, title, expr), series in results.items() if b == board.title}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images.draw(board, panel_results, start, out_dir / "dashboard-operator.png",
+                subtitle="the operator on the test API server, two experiments")

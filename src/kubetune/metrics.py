@@ -359,6 +359,23 @@ def status_reason(status: int) -> str:
             400: "invalid", 429: "throttled"}.get(status, "server_error" if status >= 500 else "api_error")
 
 
+def init_operator_series(metrics: Metrics = METRICS) -> None:
+    """Every operator counter at 0 for each value of its (closed) labels, at start-up.
+
+    A counter first scraped at 1 shows no increase to rate(); starting from 0 it does. Only the
+    operator calls this, so the driver's endpoint does not carry the operator's zeros.
+    """
+    bounds = {label: LABEL_BOUNDS[label].values for d in DEFINITIONS for label in d.labels}
+    for d in DEFINITIONS:
+        if d.component != "operator" or d.kind != "counter":
+            continue
+        combos: list[tuple[str, ...]] = [()]
+        for label in d.labels:
+            combos = [c + (v,) for c in combos for v in bounds[label]]
+        for combo in combos:
+            metrics[d.name].labels(*combo)
+
+
 def error_reason(exc: BaseException) -> str:
     """A bounded class for a reconcile error (never its text: that may hold names or paths)."""
     status = getattr(exc, "status", None)
