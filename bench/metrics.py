@@ -117,6 +117,8 @@ def main() -> int:
     ensure_ray(num_cpus=CPUS)
     # warm-up: the trainable's imports (torch) in this process, not timed
     import_entrypoint(load_experiment_file(ROOT / "examples" / "quickstart.yaml").spec.trainable.entrypoint)
+    # warm-up: the first experiment in a process pays for imports (searcher, scheduler, Tune's loggers); not timed
+    run_once([*args.set, "spec.search.numSamples=2", "spec.stop.maxIterations=2"], True, "bench-metrics-warm-up")
     print(f"== metrics on/off: examples/quickstart.yaml {' '.join(args.set)} on {CPUS} CPUs, {args.rounds} round(s)")
     walls: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(args.rounds):
