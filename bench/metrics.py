@@ -89,7 +89,7 @@ def in_process_cost(results: int = 20_000, trials: int = 100) -> tuple[float, fl
     from kubetune.tune.telemetry import TrialObserver
 
     m = Metrics(CollectorRegistry())
-    observer = TrialObserver("default", "cost", "score", "max", "asha", trials, max_iterations=20, metrics=m)
+    observer = TrialObserver("default", "cost", "score", "max", "asha", trials, metrics=m)
     population = [_Trial(i) for i in range(trials)]
     result = {"score": 0.5, "training_iteration": 3, "time_this_iter_s": 0.2,
               "_kubetune": {"samples": 512, "checkpoint_save_s": 0.01, "checkpoint_bytes": 20_000}}

@@ -41,6 +41,9 @@ def test_committed_dashboards_are_generated_from_code():
 
 def test_every_metric_is_named_kubetune_and_every_label_is_bounded():
     assert metrics.label_problems() == []
+    from kubetune.tune.tracking import TrialState
+
+    assert metrics.TRIAL_STATES == TrialState.ALL
     assert len({d.name for d in metrics.DEFINITIONS}) == len(metrics.DEFINITIONS)
 
 
@@ -55,7 +58,7 @@ def test_a_label_without_a_bound_is_caught():
     ("trial", "/tmp/results/quickstart/train_1"),        # a path
     ("reason", "Connection refused by 10.0.0.1:6443"),  # an error text
     ("experiment", "lr=0.01,momentum=0.9"),             # a config value
-    ("state", "stopped"),                               # outside the enum
+    ("state", "paused"),                                # outside the enum
     ("lr", "0.01"),                                     # a label nobody declared
 ])
 def test_label_values_outside_their_bound_are_caught(label, value):
@@ -217,11 +220,14 @@ def test_driver_metrics_and_plot_from_a_real_run(ray_local, tmp_path):
     assert value("kubetune_trials_completed_total") == 5
     # the always-failing trial and the flaky one were each retried once
     assert value("kubetune_trials_retried_total") == 2
-    assert value("kubetune_trials", state="terminated") == 5 and value("kubetune_trials", state="error") == 1
-    assert value("kubetune_trials", state="running") == 0 and value("kubetune_trials", state="pending") == 0
-    # worse trials after better ones: ASHA stops some before maxT; they are the ones below 4 iterations
-    short = {t.id for t in records.values() if t.state == "terminated" and t.iteration < 4}
-    assert short and value("kubetune_trials_early_stopped_total", scheduler="asha") == len(short)
+    # worse trials after better ones: ASHA stops some before maxT; the trials gauge counts as the status does
+    stopped = {t.id for t in records.values() if t.state == "stopped"}
+    assert stopped and all(records[i].iteration < 4 for i in stopped)
+    assert value("kubetune_trials_early_stopped_total", scheduler="asha") == len(stopped)
+    for state, n in outcome.snapshot.counts.items():
+        if state != "total":
+            assert value("kubetune_trials", state=state) == n, state
+    assert value("kubetune_trials", state="terminated") == 5 - len(stopped) and value("kubetune_trials", state="error") == 1
     assert value("kubetune_best_objective") == outcome.best.metric == 24
     results = value("kubetune_results_total")
     assert results >= sum(t.iteration for t in records.values())

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 import urllib.request
@@ -886,3 +887,17 @@ def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
     namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
     assert role["rules"] == namespaced
     assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+
+
+# ---------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_operator_stops_on_sigterm_and_sigint_with_their_exit_codes(kube, namespace, operator_factory, signum, code):
+    # What Kubernetes sends a pod it deletes or evicts: a graceful stop that says it was stopped, not "done".
+    op = operator_factory([namespace])
+    started = time.monotonic()
+    os.kill(op.proc.pid, signum)
+    assert op.proc.wait(15) == code, op.tail()
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in op.tail(200)

@@ -33,7 +33,8 @@ _K8S_NAME = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
 _TRIAL_ID = r"[0-9a-f]{5,16}(_[0-9]{5,})?"
 
 PHASES = ("Pending", "Provisioning", "Running", "Succeeded", "Failed", "Suspended")
-TRIAL_STATES = ("pending", "running", "terminated", "error")
+# kubetune.tune.tracking.TrialState.ALL (a test keeps them equal; this module does not import Ray)
+TRIAL_STATES = ("pending", "running", "terminated", "stopped", "error", "interrupted")
 SCHEDULERS = ("fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2")
 TRIGGERS = ("create", "resume", "update", "resync", "raycluster", "job", "retry")
 CHILD_KINDS = ("ConfigMap", "RayCluster", "Job")
@@ -138,7 +139,7 @@ DEFINITIONS: tuple[MetricDef, ...] = (
               "Latency of the operator's Kubernetes API requests, by HTTP verb and resource.",
               ("verb", "resource"), "operator", _SECONDS),
     # -- driver
-    MetricDef("kubetune_trials", "gauge", "Trials by state (pending includes those not created yet).",
+    MetricDef("kubetune_trials", "gauge", "Trials by state, as status.trials counts them (pending includes those not created yet).",
               EXP + ("state",), "driver"),
     MetricDef("kubetune_trials_started", "counter", "Trials started (a restarted trial counts again).", EXP, "driver"),
     MetricDef("kubetune_trials_completed", "counter", "Trials that ended without an error (early stops included).",

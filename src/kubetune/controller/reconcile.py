@@ -116,12 +116,13 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
                 metrics.METRICS["kubetune_operator_reconcile_errors"].labels(metrics.status_reason(exc.status)).inc()
         if refusals:
             plan = phases.refused(plan, obs, refusals, settings)
-        patch = phases.status_patch(obs.status, plan.status)
-        if patch:
-            kube.patch_experiment_status(namespace, name, patch)
+        # Events before the status: whoever sees the new phase also finds the event that explains it.
         for type_, reason, message in plan.events:
             kube.post_event(fresh, type_, reason, message)
             log.info("%s/%s: %s %s", namespace, name, reason, message)
+        patch = phases.status_patch(obs.status, plan.status)
+        if patch:
+            kube.patch_experiment_status(namespace, name, patch)
         if "phase" in patch:
             metrics.METRICS["kubetune_operator_phase_transitions"].labels(plan.status.get("phase", "")).inc()
         metrics.METRICS.experiments.observe(namespace, name, plan.status.get("phase") or obs.status.get("phase"))

@@ -16,6 +16,7 @@ STYLES = {
     "error": {"linestyle": ":", "alpha": 0.8, "color": "tab:red"},
     "running": {"linestyle": "-.", "alpha": 0.6},
     "pending": {"linestyle": "-.", "alpha": 0.4},
+    "interrupted": {"linestyle": "-.", "alpha": 0.6},
 }
 
 
@@ -23,7 +24,7 @@ STYLES = {
 class TrialCurve:
     trial_id: str
     points: list[tuple[int, float]]  # (iteration, objective)
-    state: str  # completed | early_stopped | error | running | pending
+    state: str  # completed | early_stopped | error | running | pending | interrupted
 
 
 def best_of(curves: list[TrialCurve], mode: str) -> tuple[TrialCurve, int, float] | None:
@@ -71,8 +72,9 @@ def render_png(curves: list[TrialCurve], metric: str, mode: str, title: str = ""
         Line2D([], [], color="tab:red", linestyle=":", label=f"failed ({counts['error']})"),
         Line2D([], [], color="gold", marker="*", markeredgecolor="black", linestyle="", markersize=12, label=best_label),
     ]
-    if counts["running"] or counts["pending"]:
-        legend.append(Line2D([], [], color="gray", linestyle="-.", label=f"unfinished ({counts['running'] + counts['pending']})"))
+    unfinished = counts["running"] + counts["pending"] + counts["interrupted"]
+    if unfinished:
+        legend.append(Line2D([], [], color="gray", linestyle="-.", label=f"unfinished ({unfinished})"))
     ax.legend(handles=legend, loc="best", fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("iteration")

@@ -14,21 +14,21 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from kubetune.metrics import METRICS, Metrics, serve
+from kubetune.metrics import METRICS, TRIAL_STATES, Metrics, serve
 from kubetune.trial_stats import RESULT_KEY
+from kubetune.tune.tracking import EARLY_STOP_KEY, TrialState, trial_state
 
 log = logging.getLogger("kubetune.driver")
 
-_STATES = {"PENDING": "pending", "PAUSED": "pending", "RUNNING": "running", "TERMINATED": "terminated", "ERROR": "error"}
 PLOT_FILE = "kubetune-trials.png"
 
 
 class TrialObserver(Callback):
     """Keeps the experiment's and its trials' metrics from Tune's events; draws the plot at the end.
 
-    Early stops are told apart from other stops by the result that ended the trial: Tune marks it
-    `done` when the stopper or the scheduler stopped it; below the last iteration and short of the
-    goal, that was the scheduler.
+    It runs after ExperimentTracker in the same callback list: trial states are the tracker's
+    (`trial_state`, as status.trials counts them), and an early stop is a result the tracker marked
+    with EARLY_STOP_KEY (a `done` the stopper did not ask for, before the last iteration).
     """
 
     def __init__(
@@ -39,8 +39,6 @@ class TrialObserver(Callback):
         mode: str,
         scheduler: str,
         planned_trials: int,
-        max_iterations: int | None = None,
-        goal: float | None = None,
         time_budget_s: float | None = None,
         metrics: Metrics | None = METRICS,
         write_plot: Callable[[bytes], None] | None = None,
@@ -48,7 +46,7 @@ class TrialObserver(Callback):
     ):
         self.labels = (namespace, experiment)
         self.metric, self.mode, self.scheduler = metric, mode, scheduler
-        self.planned_trials, self.max_iterations, self.goal = planned_trials, max_iterations, goal
+        self.planned_trials = planned_trials
         self.time_budget_s = time_budget_s
         self.metrics, self.write_plot = metrics, write_plot
         self.state_interval_s = state_interval_s
@@ -79,7 +77,7 @@ class TrialObserver(Callback):
                      "kubetune_trials_retried", "kubetune_results"):
             self._m(name)
         self.metrics["kubetune_trials_early_stopped"].labels(*self.labels, self.scheduler)
-        for state in ("pending", "running", "terminated", "error"):
+        for state in TRIAL_STATES:
             self.metrics["kubetune_trials"].labels(*self.labels, state).set(self.planned_trials if state == "pending" else 0)
 
     def _trial_key(self, trial: Any) -> tuple[str, str, str]:
@@ -90,10 +88,10 @@ class TrialObserver(Callback):
         if self.metrics is None or (not force and now - self._last_states < self.state_interval_s):
             return
         self._last_states = now
-        counts = {"pending": 0, "running": 0, "terminated": 0, "error": 0}
+        counts = dict.fromkeys(TRIAL_STATES, 0)
         for t in trials:
-            counts[_STATES.get(t.status, "pending")] += 1
-        counts["pending"] += max(0, self.planned_trials - len(trials))
+            counts[trial_state(t)] += 1
+        counts[TrialState.PENDING] += max(0, self.planned_trials - len(trials))
         for state, n in counts.items():
             self.metrics["kubetune_trials"].labels(*self.labels, state).set(n)
         elapsed = now - self._start
@@ -121,7 +119,7 @@ class TrialObserver(Callback):
             # The best trial by its last value, as Tune, the status and `kubetune run` rank them.
             pick = max if self.mode == "max" else min
             self.best = pick(self.last_value.values())
-        if result.get("done") and numeric and self._stopped_early(it, float(value)):
+        if result.get(EARLY_STOP_KEY):
             self.early_stopped.add(trial.trial_id)
         if self.metrics is None:
             return
@@ -149,14 +147,6 @@ class TrialObserver(Callback):
             gpu_utilization_ratio=stats.get("gpu_utilization"),
         )
         self._update_states(trials)
-
-    def _stopped_early(self, iteration: int, value: float) -> bool:
-        """Stopped by the scheduler: before the last iteration, and not by the objective's goal."""
-        if self.max_iterations is not None and iteration >= self.max_iterations:
-            return False
-        if self.goal is not None and (value >= self.goal if self.mode == "max" else value <= self.goal):
-            return False
-        return self.scheduler not in ("fifo",)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.final_state[trial.trial_id] = "early_stopped" if trial.trial_id in self.early_stopped else "completed"
@@ -206,9 +196,8 @@ class TrialObserver(Callback):
 
         curves = []
         for trial in trials:
-            state = self.final_state.get(trial.trial_id) or _STATES.get(trial.status, "pending")
-            if state == "terminated":
-                state = "completed"
+            state = self.final_state.get(trial.trial_id) or trial_state(trial)
+            state = {TrialState.TERMINATED: "completed", TrialState.STOPPED: "early_stopped"}.get(state, state)
             curves.append(TrialCurve(trial.trial_id, self.history.get(trial.trial_id, []), state))
         try:
             self.write_plot(render_png(curves, self.metric, self.mode, title=self.labels[1]))
@@ -225,8 +214,6 @@ def start_server(port: int, address: str = "127.0.0.1"):
 
 def observer_for(experiment: Any, storage: Any, planned_trials: int, export: bool = True) -> TrialObserver:
     """The observer of one run: metrics (when `export`) and the plot written beside the results."""
-    from kubetune.tune.space import max_iterations
-
     spec, name = experiment.spec, experiment.metadata.name
 
     def write_plot(png: bytes) -> None:
@@ -243,8 +230,6 @@ def observer_for(experiment: Any, storage: Any, planned_trials: int, export: boo
         mode=spec.objective.mode,
         scheduler=spec.scheduler.type,
         planned_trials=planned_trials,
-        max_iterations=max_iterations(spec),
-        goal=spec.objective.goal,
         time_budget_s=spec.stop.time_budget_seconds,
         metrics=METRICS if export else None,
         write_plot=write_plot,
