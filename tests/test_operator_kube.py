@@ -580,6 +580,8 @@ def _run_driver_pod(kube, cluster: Cluster, pod: dict, workdir: Path, ray_addres
         "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "HOME": str(workdir), "KUBECONFIG": str(kubeconfig),
         "KUBETUNE_DATA_DIR": str(workdir / "data"),
     })
+    if os.environ.get("PYTHONPATH"):  # a worktree run (its sources first), as for the operator process
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "KUBETUNE_TEST_SESSION" in os.environ:  # conftest's leftover check finds this session's Ray processes by it
         env["KUBETUNE_TEST_SESSION"] = os.environ["KUBETUNE_TEST_SESSION"]
     kube.set_pod_phase(cluster.ns, pod["metadata"]["name"], "Running")
