@@ -134,23 +134,24 @@ def test_the_operators_account_reads_no_secret_and_its_rules_are_printed(kube, n
 
 def test_invalid_spec_fails_naming_the_field_creates_nothing_and_others_go_on(kube, namespace, cluster, operator_factory):
     op = operator_factory([namespace])
-    # Passes the CRD schema (both fields are integers >= 1), fails the model: maxT below gracePeriod.
-    bad = experiment_manifest("bad", scheduler={"type": "asha", "maxT": 2, "gracePeriod": 5})
+    # Passes the CRD (a grid list is untyped there, so CEL cannot see it), fails the model: grid with hyperopt.
+    bad = experiment_manifest("bad", search={"algorithm": "hyperopt", "numSamples": 2, "seed": 1},
+                              parameters={"bs": {"grid": [16, 32]}})
     cluster.create(bad)
     cluster.create(experiment_manifest("good"))
     status = cluster.wait_phase("bad", "Failed", op=op)
     spec_valid = cluster.condition("bad", "SpecValid")
     assert spec_valid["status"] == "False" and spec_valid["reason"] == "InvalidSpec"
-    assert "spec.scheduler.maxT" in spec_valid["message"] and "gracePeriod" in spec_valid["message"]
-    assert "spec.scheduler.maxT" in status["message"]
+    assert "spec.parameters.bs.grid" in spec_valid["message"] and "random or grid" in spec_valid["message"]
+    assert "spec.parameters.bs.grid" in status["message"]
     events = [e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"]
-    assert events and events[0]["type"] == "Warning" and "spec.scheduler.maxT" in events[0]["message"]
+    assert events and events[0]["type"] == "Warning" and "spec.parameters.bs.grid" in events[0]["message"]
     cluster.wait_phase("good", "Provisioning", op=op)  # the operator keeps reconciling the others
     time.sleep(1)
     assert cluster.children("bad") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
 
     # Fixing the spec starts the experiment.
-    cluster.patch_spec("bad", {"scheduler": {"type": "asha", "maxT": 5, "gracePeriod": 2}})
+    cluster.patch_spec("bad", {"search": {"algorithm": "random"}})
     cluster.wait_phase("bad", "Provisioning", op=op)
     assert cluster.condition("bad", "SpecValid")["status"] == "True"
     assert cluster.children("bad")["RayCluster"] == 1

@@ -74,8 +74,8 @@ def test_design_sketch_is_valid():
 
 # Each case: a change to a valid document, the path that must be named, and words the message must contain.
 BAD_INPUT = [
-    ("unknown field", dict(trainable={"entrypoint": "a.b:c", "entry": 1}), "spec.trainable.entry", "allowed: entrypoint, config, image"),
-    ("unknown top-level spec field", dict(paramters={}), "spec.paramters", "allowed: trainable"),
+    ("unknown field", dict(trainable={"entrypoint": "a.b:c", "entry": 1}), "spec.trainable.entry", "allowed: entrypoint, image, config"),
+    ("unknown top-level spec field", dict(paramters={}), "spec.paramters", "did you mean `parameters`? allowed: parameters, "),
     ("wrong type", dict(search={"numSamples": "many"}), "spec.search.numSamples", "integer"),
     ("empty choice list", dict(parameters={"bs": {"choice": []}}), "spec.parameters.bs.choice", "at least one value"),
     ("min above max", dict(parameters={"m": {"uniform": {"min": 0.9, "max": 0.1}}}), "spec.parameters.m.uniform.max", "greater than min"),
@@ -86,8 +86,16 @@ BAD_INPUT = [
     ("not a power of two", dict(parameters={"l1": {"powersOfTwo": {"min": 4, "max": 100}}}), "spec.parameters.l1.powersOfTwo.max", "power of two"),
     ("GPU fraction above 1", dict(trialResources={"gpu": 1.5}), "spec.trialResources.gpu", "at most 1"),
     ("negative CPU", dict(trialResources={"cpu": 0}), "spec.trialResources.cpu", "greater than 0"),
-    ("unknown algorithm", dict(search={"algorithm": "tpe"}), "spec.search.algorithm", "'random', 'grid', 'hyperopt', 'optuna' or 'bayesopt'"),
-    ("unknown scheduler", dict(scheduler={"type": "bohb"}), "spec.scheduler.type", "'fifo', 'asha', 'hyperband', 'medianStopping', 'pbt' or 'pb2'"),
+    ("unknown algorithm", dict(search={"algorithm": "tpe"}), "spec.search.algorithm", "got 'tpe'; did you mean `hyperopt`? allowed: hyperopt, optuna, bayesopt, random, grid"),
+    ("unknown scheduler", dict(scheduler={"type": "bohb"}), "spec.scheduler.type", "allowed: pbt, pb2, fifo, asha, hyperband, medianStopping"),
+    ("misspelt scheduler", dict(scheduler={"type": "ASHA"}), "spec.scheduler.type", "did you mean `asha`?"),
+    ("snake_case field (issue 9 point 7)", dict(search={"num_samples": 3}), "spec.search.num_samples", "did you mean `numSamples`?"),
+    ("snake_case section (issue 9 point 7)", dict(trial_resources={"cpu": 1}), "spec.trial_resources", "did you mean `trialResources`?"),
+    ("snake_case scheduler option (issue 9 point 7)", dict(scheduler={"type": "asha", "max_t": 3}), "spec.scheduler.max_t", "did you mean `maxT`?"),
+    ("unknown distribution (issue 9 point 8)", dict(parameters={"x": {"gaussian": {"mean": 0}}}), "spec.parameters.x.gaussian", "did you mean `randn`? allowed: randn, "),
+    ("the CIFAR tutorial's pow2", dict(parameters={"l1": {"pow2": {"min": 4}}}), "spec.parameters.l1.pow2", "did you mean `powersOfTwo`? allowed: powersOfTwo, "),
+    ("worker group field", dict(rayCluster={"workerGroups": [{"name": "w", "cpus": 2}]}), "spec.rayCluster.workerGroups[0].cpus", "did you mean `cpu`? allowed: cpu, gpu, "),
+    ("unknown distribution in a mutation", dict(scheduler={"type": "pbt", "perturbationInterval": 1, "hyperparamMutations": {"lr": {"gaussian": {}}}}), "spec.scheduler.hyperparamMutations.lr.gaussian", "did you mean `randn`?"),
     ("maxT below gracePeriod", dict(scheduler={"type": "asha", "maxT": 2, "gracePeriod": 5}), "spec.scheduler.maxT", "at least gracePeriod (5)"),
     ("option of another scheduler", dict(scheduler={"type": "asha", "perturbationInterval": 2}), "spec.scheduler.perturbationInterval", "not used by scheduler type asha"),
     ("pbt without mutations", dict(scheduler={"type": "pbt", "perturbationInterval": 2}), "spec.scheduler.hyperparamMutations", "at least one"),
@@ -95,10 +103,10 @@ BAD_INPUT = [
     ("grid with hyperopt", dict(search={"algorithm": "hyperopt"}, parameters={"bs": {"grid": [1, 2]}}), "spec.parameters.bs.grid", "random or grid"),
     ("bayesopt with choice", dict(search={"algorithm": "bayesopt"}, parameters={"bs": {"choice": [1, 2]}}), "spec.parameters.bs.choice", "bayesopt supports only uniform"),
     ("grid search over a continuous range", dict(search={"algorithm": "grid"}), "spec.parameters.lr.loguniform", "discrete"),
-    ("unknown parameter in pointsToEvaluate", dict(search={"pointsToEvaluate": [{"lr": 0.01, "mom": 0.9}]}), "spec.search.pointsToEvaluate[0]", "unknown parameter(s) mom"),
+    ("unknown parameter in pointsToEvaluate", dict(search={"pointsToEvaluate": [{"lr": 0.01, "lrr": 0.9}]}), "spec.search.pointsToEvaluate[0].lrr", "unknown parameter(s) lrr; did you mean `lr`? allowed: lr"),
     ("warm-up steps for random search", dict(search={"randomWarmupSteps": 5}), "spec.search.randomWarmupSteps", "only used by hyperopt"),
     ("bad entrypoint format", dict(trainable={"entrypoint": "mnist.train"}), "spec.trainable.entrypoint", "package.module:function"),
-    ("bad mode", dict(objective={"metric": "acc", "mode": "maximize"}), "spec.objective.mode", "'max' or 'min'"),
+    ("bad mode", dict(objective={"metric": "acc", "mode": "maximize"}), "spec.objective.mode", "did you mean `max`? allowed: max, min"),
     ("missing objective", dict(objective=None), "spec.objective", "required"),
     ("endpoint without s3", dict(storage={"uri": "/tmp/x", "endpoint": "http://minio:9000"}), "spec.storage.endpoint", "only used with an s3://"),
     ("endpoint not a URL", dict(storage={"uri": "s3://b/p", "endpoint": "minio:9000"}), "spec.storage.endpoint", "http:// or https://"),
@@ -140,7 +148,7 @@ def test_wrong_kind_and_api_version():
     doc["kind"] = "Experiment"
     doc["apiVersion"] = "kubeflow.org/v1beta1"
     found = issues(doc)
-    assert "'TuneExperiment'" in found["kind"]
+    assert "did you mean `TuneExperiment`?" in found["kind"]
     assert "kubetune.io/v1alpha1" in found["apiVersion"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -45,7 +46,6 @@ class SpecError(Exception):
 
 _PATTERN_HELP = {
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
-    r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$": 'must be "package.module:function", e.g. kubetune_trials.mnist:train',
 }
 
 
@@ -62,36 +62,103 @@ def _join(*parts: Any) -> str:
     return out
 
 
-def _allowed_fields(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
-    """Walk `model` along `loc` (aliases) to the model that rejected an unknown field."""
-    from typing import get_args, get_origin
+def _model_at(annotation: Any, parts: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model that `parts` (aliases, dict keys, list indexes) lead to from `annotation`."""
+    from typing import Annotated, Union, get_args, get_origin
 
-    current: Any = model
-    for part in loc[:-1]:
-        if current is None:
-            return None
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            by_alias = {(f.alias or n): f for n, f in current.model_fields.items()}
-            field = by_alias.get(part)
-            if field is None:
-                return None
-            current = field.annotation
-        elif isinstance(part, (int, str)):
-            current = current  # list index or dict key: unwrap below
-        # unwrap Optional / list / dict to the model inside
-        for _ in range(4):
-            origin = get_origin(current)
-            if origin is None:
-                break
-            args = [a for a in get_args(current) if a is not type(None)]
-            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            if models:
-                current = models[0]
-                break
-            current = args[-1] if args else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _model_at(args[0], parts)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        for arg in args:
+            found = _model_at(arg, parts) if arg is not type(None) else None
+            if found is not None:
+                return found
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not parts:
+            return annotation
+        by_alias = {(f.alias or n): f for n, f in annotation.model_fields.items()}
+        field = by_alias.get(parts[0])
+        return _model_at(field.annotation, parts[1:]) if field is not None else None
+    if not parts:
+        return None
+    if origin in (list, tuple):
+        return _model_at(args[0], parts[1:]) if args else None
+    if origin is dict:
+        return _model_at(args[1], parts[1:]) if len(args) > 1 else None
     return None
+
+
+def _allowed_fields(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
+    """The field names of the model that rejected the unknown field at `loc`."""
+    found = _model_at(model, loc[:-1]) if model is not None else None
+    if found is None:
+        return None
+    return [f.alias or n for n, f in found.model_fields.items()]
+
+
+def _snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+# Names other tools use for what kubetune calls otherwise (Ray Tune, Katib, the PyTorch tutorials).
+SYNONYMS = {
+    "gaussian": "randn", "normal": "randn", "qnormal": "qrandn", "pow2": "powersOfTwo", "categorical": "choice",
+    "int": "randint", "integer": "randint", "gridSearch": "grid", "tpe": "hyperopt", "bayesian": "bayesopt",
+    "median": "medianStopping", "medianstopping": "medianStopping", "cpus": "cpu", "gpus": "gpu",
+    "maximize": "max", "minimize": "min",
+}
+
+
+def suggest(name: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """"did you mean `x`? allowed: a, b, c" with the closest names first (difflib)."""
+    import difflib
+
+    allowed = [str(a) for a in allowed]
+    score = {a: difflib.SequenceMatcher(None, name.lower(), a.lower()).ratio() for a in allowed}
+    ranked = sorted(allowed, key=lambda a: -score[a])  # stable: ties keep the documented order
+    camel = _snake_to_camel(name)
+    if "_" in name and camel in allowed:
+        return f"did you mean `{camel}`? (names are camelCase, as in the CRD); allowed: {', '.join(ranked)}"
+    close = [a for a in ranked if score[a] >= 0.6][:1]
+    if SYNONYMS.get(name) in allowed or SYNONYMS.get(camel) in allowed:
+        close = [SYNONYMS.get(name) or SYNONYMS[camel]]
+        ranked = close + [a for a in ranked if a != close[0]]
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    return f"{hint}allowed: {', '.join(ranked)}"
+
+
+def _drop_losing_union_members(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of a value that matches no member of a union (a distribution or a list), keep the member whose
+    errors go deepest: "unknown field gaussian" says more than "Input should be a valid list"."""
+    def split(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any] | None:
+        for i, part in enumerate(loc):
+            if _is_tag(part):
+                return loc[:i], part
+        return None
+
+    depth: dict[tuple[Any, ...], tuple[int, Any]] = {}
+    for err in errors:
+        found = split(tuple(err["loc"]))
+        if found:
+            prefix, tag = found
+            if len(err["loc"]) > depth.get(prefix, (-1, None))[0]:
+                depth[prefix] = (len(err["loc"]), tag)
+    kept = []
+    for err in errors:
+        found = split(tuple(err["loc"]))
+        if found and depth[found[0]][1] != found[1]:
+            continue
+        kept.append(err)
+    return kept
+
+
+def _is_tag(part: Any) -> bool:
+    """pydantic's union-member tags in a location, such as 'Parameter' or 'list[any]'."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part)
 
 
 def issues_from_validation_error(
@@ -99,10 +166,8 @@ def issues_from_validation_error(
 ) -> list[FieldIssue]:
     """Turn pydantic's errors into FieldIssues with dotted camelCase paths and plain messages."""
     issues: list[FieldIssue] = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        # Drop pydantic's union-member tags such as 'Parameter' or 'list[any]'.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+    for err in _drop_losing_union_members(exc.errors()):
+        loc = tuple(p for p in err["loc"] if not _is_tag(p))
         path = _join(prefix, *[f"[{p}]" if isinstance(p, int) else p for p in loc])
         ctx = err.get("ctx") or {}
         error = ctx.get("error")
@@ -112,13 +177,18 @@ def issues_from_validation_error(
         kind = err["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_fields(model, loc)
-            msg = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            msg = "unknown field" + (f"; {suggest(str(loc[-1]), allowed)}" if allowed else "")
         elif kind == "missing":
             msg = "required field is missing"
         elif kind == "string_pattern_mismatch":
             msg = _PATTERN_HELP.get(ctx.get("pattern", ""), err["msg"])
         elif kind == "literal_error":
-            msg = f"got {err['input']!r}; allowed: {ctx.get('expected', '')}"
+            expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+            msg = f"got {err['input']!r}; " + suggest(str(err["input"]), expected) if expected else err["msg"]
+        elif kind == "too_short" and ctx.get("min_length") == 1:
+            msg = "must list at least one value"
+        elif kind == "too_long":
+            msg = f"must have at most {ctx.get('max_length')} items, got {ctx.get('actual_length')}"
         elif kind == "value_error":
             msg = str(error) if error is not None else err["msg"]
         else:

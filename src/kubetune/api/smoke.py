@@ -32,8 +32,10 @@ def smoke_overrides(experiment: TuneExperiment) -> list[str]:
     if sched.perturbation_interval is not None:
         items.append(f"spec.scheduler.perturbationInterval={spec.checkpoint.frequency or 1}")
     if spec.distributed is not None:
-        # Two workers at half a CPU each fit a 2-CPU machine next to the trial's coordinator.
-        items += ["spec.distributed.gpusPerWorker=0", "spec.trialResources.cpu=0.5"]
+        # Two workers at half a CPU each fit a 2-CPU machine next to the trial's coordinator
+        # (four would not: 4 x 0.5 + 0.01 CPU; api.feasibility says so).
+        items += ["spec.distributed.gpusPerWorker=0", "spec.trialResources.cpu=0.5",
+                  f"spec.distributed.workers={min(spec.distributed.workers, 2)}"]
     else:
         items.append(f"spec.trialResources.cpu={min(spec.trial_resources.cpu, 1)}")
     if spec.search.max_concurrent_trials is not None:

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.errors import FieldIssue, SemanticErrors
+from kubetune.api.rules import Cel, add_validations, cel, in_schema
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -32,9 +33,97 @@ SHORT_NAME = "tunex"
 SEARCH_ALGORITHMS = ("random", "grid", "hyperopt", "optuna", "bayesopt")
 SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2")
 
-# A Kubernetes resource quantity such as 500m, 2, 8Gi or 1.5.
-_QUANTITY_RE = re.compile(r"^([+]?[0-9.]+)([eE][-+]?[0-9]+|[mkMGTPE]i?|Ki|u|n)?$")
+# A Kubernetes resource quantity such as 500m, 2, 8Gi or 1.5 (as the API server's isQuantity, unsigned).
+_QUANTITY_RE = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+
+# Caps on what is otherwise unbounded: they keep the CRD's CEL rules within the API server's cost
+# budget and a spec far below what the API server and kopf's bookkeeping hold (see README, "Limits").
+MAX_NAME = 253  # a Kubernetes object name
+MAX_TEXT = 1024  # URIs, endpoints, entrypoints
+MAX_PARAMETERS = 64  # search-space dimensions (and PBT/PB2 hyperparameters)
+MAX_VALUES = 1000  # values of one choice or grid list
+MAX_CONFIG_KEYS = 256  # top-level keys of trainable.config
+MAX_POINTS = 64  # search.pointsToEvaluate
+MAX_WORKER_GROUPS = 16
+MAX_MAP = 64  # node selectors, rayStartParams
+MAX_TOLERATIONS = 32
 _DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Regexes checked by Python and, as CEL, by the API server (RE2: the same syntax; no backslashes, which
+# CEL strings would need escaped). The CEL rule concatenates 40-character pieces so that its YAML folds.
+# A container image reference as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@digest].
+IMAGE_REFERENCE = (
+    (r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)([.][a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
+     r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*",
+     r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@[a-z0-9]+([+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"),
+    "must be an image reference such as registry.example.com:5000/team/trials:1.2 "
+    "(lowercase path, optional tag and sha256 digest)",
+)
+# A Ray version: 2.60.0, 2.9, 3.0.0rc1, 2.60.0.dev0.
+RAY_VERSION = ((r"^[0-9]+[.][0-9]+([.][0-9]+)?([.-]?[a-zA-Z0-9]+)*$",), "must be a Ray version such as 2.60.0")
+ENTRYPOINT = ((r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",),
+              'must be "package.module:function", e.g. kubetune_trials.mnist:train')
+DNS_LABEL = ((_DNS_LABEL_RE,),
+             "must be a DNS label: lowercase letters, digits and -, starting and ending with a letter or digit")
+OBJECT_NAME = ((r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",),
+               "must be a Kubernetes object name: lowercase letters, digits, - and .")
+
+Image = Annotated[str, StringConstraints(max_length=512)]
+
+
+def _check_format(value: str | None, fmt: tuple[tuple[str, ...], str]) -> str | None:
+    pieces, words = fmt
+    if value is not None and not re.match("".join(pieces), value):
+        raise ValueError(f"{words}, got {value!r}")
+    return value
+
+
+def _format_cel(field: str, fmt: tuple[tuple[str, ...], str]) -> Cel:
+    pieces, words = fmt
+    whole = "".join(pieces)
+    regex = " + ".join(f"'{whole[i:i + 40]}'" for i in range(0, len(whole), 40))
+    return Cel(f"!has(self.{field}) || self.{field}.matches({regex})", words, f".{field}",
+               f"'{words}, got ' + self.{field}")
+
+# `ray start` parameters whose value must be a number; KubeRay passes them as strings.
+NUMERIC_RAY_START_PARAMS = {
+    "num-cpus": (r"^[0-9]+([.][0-9]+)?$", "a number of CPUs, e.g. 4 or 0.5"),
+    "num-gpus": (r"^[0-9]+([.][0-9]+)?$", "a number of GPUs, e.g. 1"),
+    "memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 8589934592"),
+    "object-store-memory": (r"^[0-9]+$", "a whole number of bytes, e.g. 2147483648"),
+}
+
+
+def _ray_start_params_cel() -> list[Cel]:
+    return [
+        # CEL strings in double quotes, so the generated YAML needs no escaping
+        Cel(f'!has(self.rayStartParams) || self.rayStartParams.all(k, k != "{key}" || '
+            f'self.rayStartParams[k].matches("{pattern}"))',
+            f"must be {words}", f".rayStartParams['{key}']",
+            f'"must be {words}, got " + self.rayStartParams["{key}"]')
+        for key, (pattern, words) in NUMERIC_RAY_START_PARAMS.items()
+    ]
+
+
+def _quantity_cel(field: str) -> Cel:
+    return Cel(f"!has(self.{field}) || isQuantity(string(self.{field}))",
+               "must be a Kubernetes quantity (e.g. 500m, 2, 8Gi)", f".{field}",
+               f"string(self.{field}) + ' is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)'")
+
+
+def _gpu_fraction_cel(field: str) -> Cel:
+    return Cel(f"!has(self.{field}) || self.{field} <= 1.0 || self.{field} == double(int(self.{field}))",
+               "a GPU fraction must be at most 1 (or a whole number of GPUs)", f".{field}")
+
+
+def _check_ray_start_params(params: dict[str, str]) -> dict[str, str]:
+    issues = []
+    for key, value in params.items():
+        pattern, allowed = NUMERIC_RAY_START_PARAMS.get(key, (None, None))
+        if pattern and not re.match(pattern, value):
+            issues.append(FieldIssue(key, f"must be {allowed}, got {value!r}"))
+    if issues:
+        raise SemanticErrors(issues)
+    return params
 
 
 class Model(BaseModel):
@@ -42,10 +131,11 @@ class Model(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        populate_by_name=True,  # Python code may build a status with snake_case names
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
+        json_schema_extra=add_validations,  # the CEL twins of the model's checks (rules.py)
     )
 
     def dump(self) -> dict[str, Any]:
@@ -53,9 +143,16 @@ class Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class SpecModel(Model):
+    """A part of the spec: only the CRD's camelCase names are accepted (errors suggest them for snake_case)."""
+
+    model_config = ConfigDict(populate_by_name=False)
+
+
 Quantity = Annotated[
     Union[str, int],
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    # maxLength bounds the CEL cost of isQuantity(); the regex below refuses longer strings anyway
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": 64}),
 ]
 
 
@@ -67,26 +164,31 @@ def _check_quantity(value: str | int | None) -> str | int | None:
     return value
 
 
-def quantity_to_bytes(value: str | int) -> int:
-    """8Gi -> 8589934592; used for Ray's memory resource."""
+def quantity_value(value: str | int) -> float:
+    """500m -> 0.5, 8Gi -> 8589934592.0."""
     if isinstance(value, int):
-        return value
+        return float(value)
     m = _QUANTITY_RE.match(value)
     assert m, value
     number, suffix = float(m.group(1)), m.group(2) or ""
     factors = {
-        "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3,
+        "": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
     }
-    if suffix.lower().startswith("e") and suffix not in factors:
-        return int(number * 10 ** int(suffix[1:]))
-    return int(number * factors[suffix])
+    if suffix[:1] in ("e", "E") and suffix not in factors:
+        return number * 10 ** int(suffix[1:])
+    return number * factors[suffix]
+
+
+def quantity_to_bytes(value: str | int) -> int:
+    """8Gi -> 8589934592; used for Ray's memory resource."""
+    return int(quantity_value(value))
 
 
 # ---------------------------------------------------------------- parameters (search space)
 
 
-class Range(Model):
+class Range(SpecModel):
     """A continuous range [min, max)."""
 
     min: float
@@ -95,6 +197,7 @@ class Range(Model):
     """Upper bound (exclusive)."""
 
     @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
     def _ordered(self) -> "Range":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -122,7 +225,7 @@ class QLogRange(LogRange):
     """Quantisation step."""
 
 
-class Normal(Model):
+class Normal(SpecModel):
     """A normal distribution."""
 
     mean: float = 0.0
@@ -138,7 +241,7 @@ class QNormal(Normal):
     """Quantisation step."""
 
 
-class IntRange(Model):
+class IntRange(SpecModel):
     """An integer range [min, max], both bounds inclusive."""
 
     min: int
@@ -147,6 +250,7 @@ class IntRange(Model):
     """Upper bound (inclusive)."""
 
     @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
     def _ordered(self) -> "IntRange":
         if not self.min < self.max:
             raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
@@ -174,7 +278,7 @@ class QLogIntRange(LogIntRange):
     """Step."""
 
 
-class PowersOfTwo(Model):
+class PowersOfTwo(SpecModel):
     """A choice among the powers of two from min to max, e.g. 4, 8, ..., 256 (as in the CIFAR10 tutorial's l1/l2)."""
 
     min: int = Field(ge=1)
@@ -184,12 +288,15 @@ class PowersOfTwo(Model):
 
     @field_validator("min", "max")
     @classmethod
+    @cel(*(Cel(f"self.{f} in {[2**k for k in range(63)]}", "must be a power of two (1, 2, 4, 8, ...)", f".{f}")
+           for f in ("min", "max")))
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
             raise ValueError(f"must be a power of two (1, 2, 4, 8, ...), got {value}")
         return value
 
     @model_validator(mode="after")
+    @cel(Cel("self.min <= self.max", "must be at least min", ".max"))
     def _ordered(self) -> "PowersOfTwo":
         if self.min > self.max:
             raise SemanticErrors([FieldIssue("max", f"must be at least min ({self.min}), got {self.max}")])
@@ -209,7 +316,7 @@ INTEGER_KINDS = ("randint", "qrandint", "lograndint", "qlograndint")
 CATEGORICAL_KINDS = ("choice", "grid", "powersOfTwo")
 
 
-class Parameter(Model):
+class Parameter(SpecModel):
     """One hyperparameter: set exactly one of the distributions below."""
 
     uniform: Range | None = None
@@ -232,21 +339,16 @@ class Parameter(Model):
     """Integer in [min, max] sampled in log space (tune.lograndint)."""
     qlograndint: QLogIntRange | None = None
     """Log-space integer in steps of q (tune.qlograndint)."""
-    choice: list[Any] | None = None
+    choice: list[Any] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
     """One of these values, sampled by the search algorithm (tune.choice)."""
-    grid: list[Any] | None = None
+    grid: list[Any] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
     """Every one of these values, each in its own trial (tune.grid_search); random and grid search only."""
     powers_of_two: PowersOfTwo | None = None
     """One of the powers of two between min and max (tune.choice over 2^k)."""
 
-    @field_validator("choice", "grid")
-    @classmethod
-    def _not_empty(cls, values: list[Any] | None) -> list[Any] | None:
-        if values is not None and not values:
-            raise ValueError("must list at least one value")
-        return values
-
     @model_validator(mode="after")
+    # choice and grid hold any JSON value, so CEL cannot see them; an object with exactly one field can
+    @in_schema({"minProperties": 1, "maxProperties": 1})
     def _exactly_one(self) -> "Parameter":
         chosen = self.kinds_set()
         if len(chosen) != 1:
@@ -277,21 +379,33 @@ def to_snake(camel: str) -> str:
 # ---------------------------------------------------------------- the experiment
 
 
-class Trainable(Model):
+class Trainable(SpecModel):
     """The training function every trial runs."""
 
-    entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    entrypoint: Annotated[str, StringConstraints(max_length=MAX_TEXT)]
     """The function to run, as "package.module:function"; it takes the trial's config dict."""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict, max_length=MAX_CONFIG_KEYS)
     """Fixed settings passed to every trial; sampled parameters are added to (and override) these."""
-    image: str | None = None
+    image: Image | None = None
     """Container image with the trainable (cluster runs); defaults to the operator's trial image."""
 
+    @field_validator("image")
+    @classmethod
+    @cel(_format_cel("image", IMAGE_REFERENCE))
+    def _image_reference(cls, value: str | None) -> str | None:
+        return _check_format(value, IMAGE_REFERENCE)
 
-class Objective(Model):
+    @field_validator("entrypoint")
+    @classmethod
+    @cel(_format_cel("entrypoint", ENTRYPOINT))
+    def _entrypoint_format(cls, value: str) -> str:
+        return _check_format(value, ENTRYPOINT)
+
+
+class Objective(SpecModel):
     """What the search optimises."""
 
-    metric: Annotated[str, StringConstraints(min_length=1)]
+    metric: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
     """Name of the reported metric to optimise, e.g. mean_accuracy."""
     mode: Literal["max", "min"]
     """Whether larger (max) or smaller (min) is better."""
@@ -299,7 +413,7 @@ class Objective(Model):
     """Stop when a trial reaches this value (see stop.onGoal)."""
 
 
-class Search(Model):
+class Search(SpecModel):
     """The search algorithm and the trial budget."""
 
     algorithm: Literal["random", "grid", "hyperopt", "optuna", "bayesopt"] = "random"
@@ -310,7 +424,8 @@ class Search(Model):
     """At most this many trials at once; unset means as many as resources allow."""
     seed: int | None = None
     """Seed of the search algorithm (and of each trial's random generators) for reproducible runs."""
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    points_to_evaluate: list[Annotated[dict[str, Any], Field(max_length=MAX_PARAMETERS)]] = Field(
+        default_factory=list, max_length=MAX_POINTS)
     """Configurations to try first, e.g. a known good baseline."""
     random_warmup_steps: int | None = Field(default=None, ge=0)
     """Random trials before a model-based searcher (hyperopt, optuna, bayesopt) starts modelling."""
@@ -319,7 +434,7 @@ class Search(Model):
 MutationValue = Union[Parameter, list[Any]]
 
 
-class Scheduler(Model):
+class Scheduler(SpecModel):
     """The trial scheduler: which trials to stop early, pause or perturb."""
 
     type: Literal["fifo", "asha", "hyperband", "medianStopping", "pbt", "pb2"] = "fifo"
@@ -336,9 +451,10 @@ class Scheduler(Model):
     """medianStopping: trials needed before comparing to the median (default 3)."""
     perturbation_interval: int | None = Field(default=None, ge=1)
     """pbt, pb2: iterations between perturbations; a multiple of checkpoint.frequency."""
-    hyperparam_mutations: dict[str, MutationValue] | None = None
+    hyperparam_mutations: dict[str, MutationValue] | None = Field(default=None, min_length=1, max_length=MAX_PARAMETERS)
     """pbt: per hyperparameter, a distribution or a list of values to resample or perturb from."""
-    hyperparam_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = None
+    hyperparam_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None, max_length=MAX_PARAMETERS)
     """pb2: per continuous hyperparameter, its [min, max] bounds."""
     quantile_fraction: float | None = Field(default=None, gt=0, le=0.5)
     """pbt, pb2: fraction of trials that are the top/bottom quantile (default 0.25)."""
@@ -360,7 +476,7 @@ class Scheduler(Model):
         return [fields[name].alias or name for name in self.model_fields_set if name != "type"]
 
 
-class Stop(Model):
+class Stop(SpecModel):
     """When trials, or the whole experiment, stop."""
 
     max_iterations: int | None = Field(default=None, ge=1)
@@ -371,7 +487,7 @@ class Stop(Model):
     """When a trial reaches objective.goal: stop the experiment (as Katib does), only that trial, or nothing."""
 
 
-class TrialResources(Model):
+class TrialResources(SpecModel):
     """Resources of one trial (with distributed: of each of its workers)."""
 
     cpu: float = Field(default=1.0, gt=0)
@@ -381,17 +497,22 @@ class TrialResources(Model):
     memory: Quantity | None = None
     """Memory reserved in Ray's scheduler, e.g. 2Gi."""
 
-    _memory_ok = field_validator("memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    @field_validator("memory")
+    @classmethod
+    @cel(_quantity_cel("memory"))
+    def _memory_quantity(cls, value: str | int | None) -> str | int | None:
+        return _check_quantity(value)
 
     @field_validator("gpu")
     @classmethod
+    @cel(_gpu_fraction_cel("gpu"))
     def _gpu_fraction(cls, value: float) -> float:
         if value > 1 and value != int(value):
             raise ValueError(f"a GPU fraction must be at most 1 (or a whole number of GPUs), got {value}")
         return value
 
 
-class Distributed(Model):
+class Distributed(SpecModel):
     """Data-parallel training per trial: a Ray Train TorchTrainer with several workers (DDP)."""
 
     workers: int = Field(default=2, ge=1)
@@ -403,13 +524,14 @@ class Distributed(Model):
 
     @field_validator("gpus_per_worker")
     @classmethod
+    @cel(_gpu_fraction_cel("gpusPerWorker"))
     def _gpu_fraction(cls, value: float | None) -> float | None:
         if value is not None and value > 1 and value != int(value):
             raise ValueError(f"a GPU fraction must be at most 1 (or a whole number of GPUs), got {value}")
         return value
 
 
-class Checkpoint(Model):
+class Checkpoint(SpecModel):
     """How trials checkpoint."""
 
     num_to_keep: int | None = Field(default=None, ge=1)
@@ -420,38 +542,44 @@ class Checkpoint(Model):
     """Also checkpoint a trial's last iteration."""
 
 
-class Failure(Model):
+class Failure(SpecModel):
     """What happens when a trial fails."""
 
     max_retries: int = Field(default=0, ge=-1)
     """Times to restart a failed trial from its last checkpoint; -1 retries forever."""
 
 
-class Storage(Model):
+class Storage(SpecModel):
     """Where results and checkpoints go."""
 
-    uri: str | None = None
+    uri: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
     """A local directory or s3://bucket/prefix; default ./kubetune-results locally."""
-    endpoint: str | None = None
+    endpoint: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
     """S3 endpoint URL for MinIO or another S3-compatible store, e.g. http://minio:9000."""
-    region: str | None = None
+    region: Annotated[str, StringConstraints(max_length=64)] | None = None
     """S3 region."""
-    secret_ref: str | None = None
+    secret_ref: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Name of a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (cluster runs)."""
+
+    @field_validator("secret_ref")
+    @classmethod
+    @cel(_format_cel("secretRef", OBJECT_NAME))
+    def _secret_name(cls, value: str | None) -> str | None:
+        return _check_format(value, OBJECT_NAME)
 
     @property
     def is_s3(self) -> bool:
         return bool(self.uri and self.uri.startswith("s3://"))
 
 
-class Toleration(Model):
+class Toleration(SpecModel):
     """A Kubernetes toleration."""
 
-    key: str | None = None
+    key: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Taint key."""
     operator: Literal["Exists", "Equal"] | None = None
     """Exists or Equal."""
-    value: str | None = None
+    value: Annotated[str, StringConstraints(max_length=63)] | None = None
     """Taint value."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect."""
@@ -459,27 +587,38 @@ class Toleration(Model):
     """For NoExecute: how long the pod stays bound."""
 
 
-class HeadGroup(Model):
+class HeadGroup(SpecModel):
     """The Ray head pod."""
 
     cpu: Quantity = "2"
     """CPU request and limit."""
     memory: Quantity = "8Gi"
     """Memory request and limit."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
     """Tolerations."""
-    ray_start_params: dict[str, str] = Field(default_factory=dict)
+    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
+        default_factory=dict, max_length=MAX_MAP)
     """Extra `ray start` parameters."""
 
-    _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    @field_validator("cpu", "memory")
+    @classmethod
+    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
+    def _quantities(cls, value: str | int) -> str | int:
+        return _check_quantity(value)
+
+    @field_validator("ray_start_params")
+    @classmethod
+    @cel(*_ray_start_params_cel())
+    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
+        return _check_ray_start_params(params)
 
 
-class WorkerGroup(Model):
+class WorkerGroup(SpecModel):
     """A group of identical Ray worker pods."""
 
-    name: Annotated[str, StringConstraints(pattern=_DNS_LABEL_RE, max_length=30)]
+    name: Annotated[str, StringConstraints(max_length=30)]
     """Group name, a DNS label."""
     replicas: int = Field(default=1, ge=0)
     """Initial number of workers."""
@@ -493,18 +632,40 @@ class WorkerGroup(Model):
     """Memory request and limit per worker."""
     gpu: int = Field(default=0, ge=0)
     """GPUs per worker (requests and limits of gpuResource)."""
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
     """Extended resource name of the GPUs."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector, e.g. a GPU node pool."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
     """Tolerations, e.g. for tainted GPU nodes."""
-    ray_start_params: dict[str, str] = Field(default_factory=dict)
+    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
+        default_factory=dict, max_length=MAX_MAP)
     """Extra `ray start` parameters."""
 
-    _quantities = field_validator("cpu", "memory")(classmethod(lambda cls, v: _check_quantity(v)))
+    @field_validator("cpu", "memory")
+    @classmethod
+    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
+    def _quantities(cls, value: str | int) -> str | int:
+        return _check_quantity(value)
+
+    @field_validator("ray_start_params")
+    @classmethod
+    @cel(*_ray_start_params_cel())
+    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
+        return _check_ray_start_params(params)
+
+    @field_validator("name")
+    @classmethod
+    @cel(_format_cel("name", DNS_LABEL))
+    def _dns_label(cls, value: str) -> str:
+        return _check_format(value, DNS_LABEL)
 
     @model_validator(mode="after")
+    @cel(
+        Cel("!has(self.maxReplicas) || @minReplicas <= self.maxReplicas", "must be at most maxReplicas", ".minReplicas"),
+        Cel("@minReplicas <= @replicas && (!has(self.maxReplicas) || @replicas <= self.maxReplicas)",
+            "must be between minReplicas and maxReplicas", ".replicas"),
+    )
     def _replica_bounds(self) -> "WorkerGroup":
         issues = []
         top = self.max_replicas if self.max_replicas is not None else max(self.replicas, self.min_replicas)
@@ -517,24 +678,44 @@ class WorkerGroup(Model):
         return self
 
 
-class RayClusterSpec(Model):
+class RayClusterSpec(SpecModel):
     """The Ray cluster the operator creates for the experiment (ignored by `kubetune run`)."""
 
-    ray_version: str = "2.60.0"
+    ray_version: Annotated[str, StringConstraints(max_length=64)] = "2.60.0"
     """Ray version of the image, passed to KubeRay."""
-    image: str | None = None
+    image: Image | None = None
     """Image of head and workers; defaults to the trial image."""
     head: HeadGroup = Field(default_factory=HeadGroup)
     """The head pod."""
-    worker_groups: list[WorkerGroup] = Field(default_factory=list)
+    worker_groups: list[WorkerGroup] = Field(default_factory=list, max_length=MAX_WORKER_GROUPS)
     """Worker groups; trials run on these (and on the head when there are none)."""
     enable_autoscaling: bool = False
     """Let KubeRay's in-tree autoscaler add and remove workers between minReplicas and maxReplicas."""
-    service_account_name: str | None = None
+    service_account_name: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     """Service account of the Ray pods."""
+
+    @field_validator("service_account_name")
+    @classmethod
+    @cel(_format_cel("serviceAccountName", OBJECT_NAME))
+    def _service_account_name(cls, value: str | None) -> str | None:
+        return _check_format(value, OBJECT_NAME)
+
+    @field_validator("ray_version")
+    @classmethod
+    @cel(_format_cel("rayVersion", RAY_VERSION))
+    def _ray_version(cls, value: str) -> str:
+        return _check_format(value, RAY_VERSION)
+
+    @field_validator("image")
+    @classmethod
+    @cel(_format_cel("image", IMAGE_REFERENCE))
+    def _image_reference(cls, value: str | None) -> str | None:
+        return _check_format(value, IMAGE_REFERENCE)
 
     @field_validator("worker_groups")
     @classmethod
+    @cel(Cel("!has(self.workerGroups) || self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))",
+             "worker group names must be unique", ".workerGroups"))
     def _unique_names(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:
         names = [g.name for g in groups]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -543,14 +724,14 @@ class RayClusterSpec(Model):
         return groups
 
 
-class Cleanup(Model):
+class Cleanup(SpecModel):
     """What happens to the Ray cluster at the end."""
 
     delete_ray_cluster_on_finish: bool = True
     """Delete the RayCluster when the experiment succeeds or fails (storage is always kept)."""
 
 
-class PodOverlay(Model):
+class PodOverlay(SpecModel):
     """Additions to the pods of one role (driver, Ray head or Ray workers), merged over what the operator builds.
 
     The operator's pods meet Pod Security `restricted` by default (runAsNonRoot, runAsUser 1000,
@@ -578,7 +759,7 @@ class PodOverlay(Model):
     """Extra volumeMounts of the main container."""
 
 
-class PodOverlays(Model):
+class PodOverlays(SpecModel):
     """Per-role pod overlays (cluster runs; ignored by `kubetune run`)."""
 
     driver: PodOverlay = Field(default_factory=PodOverlay)
@@ -589,14 +770,14 @@ class PodOverlays(Model):
     """Every Ray worker pod."""
 
 
-class TuneExperimentSpec(Model):
+class TuneExperimentSpec(SpecModel):
     """A hyperparameter search: what to train, over which space, how to search and where to store."""
 
     trainable: Trainable
     """The training function."""
     objective: Objective
     """The metric to optimise."""
-    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    parameters: dict[str, Parameter] = Field(default_factory=dict, max_length=MAX_PARAMETERS)
     """The search space: parameter name -> distribution; each trial's config gets these keys."""
     search: Search = Field(default_factory=Search)
     """Search algorithm and budget."""
@@ -644,7 +825,7 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class TuneExperiment(Model):
+class TuneExperiment(SpecModel):
     """A whole TuneExperiment document."""
 
     model_config = ConfigDict(extra="forbid")
@@ -654,3 +835,7 @@ class TuneExperiment(Model):
     metadata: ObjectMeta
     spec: TuneExperimentSpec
     status: dict[str, Any] | None = None
+
+
+# The spec-wide checks register themselves (and their CEL) on import; _semantics runs them.
+from kubetune.api import semantics as _semantics  # noqa: E402,F401
