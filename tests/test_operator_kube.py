@@ -888,3 +888,13 @@ def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
     namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
     assert role["rules"] == namespaced
     assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+
+
+def test_an_infeasible_spec_is_refused_with_a_reason_before_any_child(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("toobig", trialResources={"cpu": 16, "gpu": 1}))
+    cluster.wait_phase("toobig", "Failed", op=op)
+    valid = cluster.condition("toobig", "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
+    assert cluster.children("toobig") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    assert [e["reason"] for e in cluster.events("toobig")] == ["Infeasible"]
