@@ -898,3 +898,16 @@ def test_an_infeasible_spec_is_refused_with_a_reason_before_any_child(kube, name
     assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
     assert cluster.children("toobig") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
     assert [e["reason"] for e in cluster.events("toobig")] == ["Infeasible"]
+
+
+def test_the_log_has_timestamps_and_no_line_per_experiment_per_resync(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_RESYNC_SECONDS="1")
+    cluster.create(experiment_manifest("quiet"))
+    cluster.wait_phase("quiet", "Provisioning", op=op)
+    time.sleep(1)
+    before = op.log_path.read_text().splitlines()
+    time.sleep(4)  # four resyncs of an experiment with nothing to do
+    after = op.log_path.read_text().splitlines()
+    assert after[len(before):] == [], after[len(before):]
+    lines = [line for line in after if line and not line.startswith("=====")]
+    assert lines and all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ", line) for line in lines), lines
