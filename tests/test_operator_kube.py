@@ -911,3 +911,19 @@ def test_the_log_has_timestamps_and_no_line_per_experiment_per_resync(kube, name
     assert after[len(before):] == [], after[len(before):]
     lines = [line for line in after if line and not line.startswith("=====")]
     assert lines and all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ", line) for line in lines), lines
+
+
+def test_service_accounts_and_images_the_operator_does_not_allow_are_refused(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_ALLOWED_IMAGE_PREFIXES="registry.example.com/ml/")
+    cluster.create(experiment_manifest("picky", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                           "image": "docker.io/someone/trials:1"},
+                                       rayCluster={"serviceAccountName": "powerful",
+                                                   "head": {"cpu": "1", "memory": "2Gi"}}))
+    cluster.create(experiment_manifest("fine", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                          "image": "registry.example.com/ml/trials:1"}))
+    cluster.wait_phase("picky", "Failed", op=op)
+    valid = cluster.condition("picky", "SpecValid")
+    assert valid["reason"] == "NotAllowed"
+    assert "spec.rayCluster.serviceAccountName" in valid["message"] and "spec.trainable.image" in valid["message"]
+    assert cluster.children("picky") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    cluster.wait_phase("fine", "Provisioning", op=op)
