@@ -61,7 +61,7 @@ def test_every_trial_failing_fails_the_experiment(ray_local, tmp_path):
                               search={"numSamples": 2}))
     outcome = run_experiment(exp, storage_override=str(tmp_path))
     assert outcome.status == "failed" and "all 2 trial(s) failed" in outcome.message
-    assert outcome.snapshot.counts["error"] == 2
+    assert outcome.snapshot.counts["error"] == 2 and outcome.exit_code == 3
 
 
 def test_unreachable_s3_fails_before_any_trial(tmp_path, monkeypatch):
@@ -220,3 +220,193 @@ def test_raising_num_samples_continues_a_finished_experiment(ray_local, tmp_path
     for t in more.snapshot.trials:
         if t.id in old:
             assert t.metric == old[t.id].metric and t.config == old[t.id].config
+
+
+# ---------------------------------------------------------------- true states, best trial, errors in words (#9)
+
+
+def test_errored_trials_carry_the_exception_in_words_and_are_never_best(ray_local, tmp_path):
+    exp = load_experiment(doc("fails-words", "tests.trainables:reports_then_fails", {"x": {"grid": [1, 2, 3]}},
+                              search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "failed" and outcome.exit_code == 3
+    # grouped by error, in words, no path to Ray's session folder
+    assert "ValueError: bad batch at x=" in outcome.message and "error.txt" not in outcome.message
+    assert outcome.best is None  # the errored trials reported 100, the best score of all
+    saved = json.loads((tmp_path / "fails-words" / "kubetune-results.json").read_text())
+    assert saved["bestTrial"] is None
+    for t in saved["trials"]:
+        assert t["state"] == "error"
+        assert t["error"]["type"] == "ValueError" and t["error"]["message"] == f"bad batch at x={t['config']['x']}"
+        assert any("reports_then_fails" in line for line in t["error"]["traceback"]), t["error"]
+        assert not any("/tmp/ray" in line or "error.txt" in line for line in t["error"]["traceback"])
+    assert len(saved["errors"]) == 3 and all(len(group["trials"]) == 1 for group in saved["errors"])
+
+
+def test_all_trials_with_the_same_error_are_one_group(ray_local, tmp_path):
+    exp = load_experiment(doc("fails-same", "tests.trainables:always_fails", {"x": {"grid": [1, 2, 3]}},
+                              search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert "all 3 trial(s) failed: RuntimeError: boom from the trainable (3 trial(s)" in outcome.message
+    saved = json.loads((tmp_path / "fails-same" / "kubetune-results.json").read_text())
+    [group] = saved["errors"]
+    assert group["error"] == "RuntimeError: boom from the trainable"
+    assert sorted(group["trials"]) == sorted(t["id"] for t in saved["trials"])
+
+
+def test_scheduler_early_stops_are_their_own_state(ray_local, tmp_path):
+    exp = load_experiment(doc(
+        "asha-states", "kubetune_trials.sleep:train", {"x": {"grid": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]}},
+        config={"iterations": 8, "sleep_s": 0.01},
+        search={"numSamples": 1, "maxConcurrentTrials": 2},
+        scheduler={"type": "asha", "maxT": 8, "gracePeriod": 1, "reductionFactor": 2},
+    ))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    by_state = {}
+    for t in outcome.snapshot.trials:
+        by_state.setdefault(t.state, []).append(t)
+    assert set(by_state) <= {"terminated", "stopped"}
+    assert by_state.get("stopped"), "ASHA stopped no trial"
+    assert all(t.iteration < 8 for t in by_state["stopped"]) and all(t.iteration == 8 for t in by_state["terminated"])
+    counts = outcome.snapshot.counts
+    assert counts["stopped"] == len(by_state["stopped"]) and counts["terminated"] + counts["stopped"] == 8
+    # still stopped, not terminated, after a resume (the mark lives in the saved experiment)
+    again = run_experiment(exp, storage_override=str(tmp_path))
+    assert {t.id: t.state for t in again.snapshot.trials} == {t.id: t.state for t in outcome.snapshot.trials}
+
+
+def test_best_trial_tie_rule_does_not_depend_on_order():
+    from kubetune.tune.tracking import Snapshot, TrialRecord
+
+    def rec(trial_id, metric, iteration, state="terminated"):
+        return TrialRecord(trial_id, state, {}, metric, iteration, {}, None)
+
+    trials = [rec("b", 0.9, 5), rec("a", 0.9, 5), rec("c", 0.9, 3), rec("d", 0.5, 1), rec("e", 1.0, 1, "error")]
+    picks = set()
+    import itertools
+    for order in itertools.permutations(trials):
+        picks.add(Snapshot("score", "max", 5, list(order)).best.id)
+    assert picks == {"c"}  # better metric, then fewer iterations ("e" failed, so it is never best)
+    assert Snapshot("score", "max", 2, [rec("b", 0.9, 5), rec("a", 0.9, 5)]).best.id == "a"
+    assert Snapshot("loss", "min", 2, [rec("b", 0.1, 5), rec("a", 0.2, 1)]).best.id == "b"
+
+
+def test_infinite_and_nan_metrics_never_break_json_or_the_status(ray_local, tmp_path):
+    from kubetune.driver_main import status_fields
+
+    exp = load_experiment(doc("inf", "tests.trainables:infinite", {"x": {"grid": [0.25, 0.75]}}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    assert outcome.best.metric == 0.75
+    text = (tmp_path / "inf" / "kubetune-results.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert saved["bestTrial"]["metric"] == 0.75
+    assert all(t["last_result"]["aux"] == "-inf" for t in saved["trials"])
+    # a snapshot taken while a trial's last result was inf: the status body is strict JSON
+    from kubetune.tune.tracking import Snapshot, TrialRecord
+
+    snap = Snapshot("score", "max", 1, [TrialRecord("t", "running", {"lr": float("nan")}, None, 1,
+                                                    {"score": float("inf")}, None)])
+    json.dumps(status_fields(snap), allow_nan=False)
+    assert status_fields(snap)["trials"]["running"] == 1
+
+
+def test_sampled_parameters_the_trainable_never_reads_are_named(ray_local, tmp_path):
+    exp = load_experiment(doc("unread", "tests.trainables:reads_snake_case",
+                              {"lr": {"uniform": {"min": 0.1, "max": 1}}, "batchSize": {"choice": [16, 64]}},
+                              search={"numSamples": 2}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    [warning] = outcome.snapshot.warnings
+    assert "did not read batchSize" in warning and "lr" not in warning.split("did not read")[1].split("from")[0]
+    assert "batch_size -> batchSize" in warning
+    saved = json.loads((tmp_path / "unread" / "kubetune-results.json").read_text())
+    assert saved["warnings"] == [warning]
+    assert all("kubetune_unread_parameters" not in t["last_result"] for t in saved["trials"])
+
+
+def test_a_trainable_that_reads_its_parameters_gets_no_warning(ray_local, tmp_path):
+    exp = load_experiment(doc("allread", "tests.trainables:leaky", {"x": {"grid": [1, 2]}}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded" and outcome.snapshot.warnings == []
+
+
+def test_reading_the_whole_config_counts_as_reading_every_key():
+    import pickle
+
+    from kubetune.trial import ReadTrackingConfig
+
+    for use in (dict, lambda c: {**c}, lambda c: list(c), lambda c: c.items(), pickle.dumps):
+        config = ReadTrackingConfig({"lr": 0.1, "batchSize": 32})
+        use(config)
+        assert config.unread(["lr", "batchSize"]) == []
+    config = ReadTrackingConfig({"lr": 0.1, "batchSize": 32})
+    assert config["lr"] == 0.1 and config.get("batch_size") is None and "momentum" not in config
+    assert config.unread(["lr", "batchSize"]) == ["batchSize"] and config.missing == {"batch_size", "momentum"}
+    assert type(pickle.loads(pickle.dumps(config))) is dict
+
+
+def test_a_finished_trial_is_in_the_saved_state_at_once_though_saves_are_throttled(tmp_path):
+    """State saves are at most every TUNE_GLOBAL_CHECKPOINT_S (5 s) but forced when a trial finishes."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = doc("throttle", "tests.trainables:quick_or_slow", {"x": {"grid": [0.2, 0.9]}},
+               config={"marks": str(marks), "slow_s": 120}, search={"numSamples": 1})
+    path = tmp_path / "throttle.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = _run_cli(path, tmp_path / "store", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+    try:
+        _wait_for(lambda: list(marks.glob("done-*")), 180, "the quick trial")
+        quick = next(marks.glob("done-*")).name[len("done-"):]
+
+        def saved_terminated():
+            for state in (tmp_path / "store" / "throttle").glob("experiment_state-*.json"):
+                text = state.read_text()
+                if quick in text and '\\"status\\": \\"TERMINATED\\"' in text.split(quick, 1)[1][:4000]:
+                    return True
+            return False
+
+        _wait_for(saved_terminated, 60, "the finished trial in the saved experiment state")
+    finally:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(30)
+
+
+# ---------------------------------------------------------------- no silent hang (#9 point 2)
+
+
+@pytest.mark.parametrize("resources, distributed, field, words", [
+    ({"cpu": 0.5}, {"workers": 4}, "spec.distributed.workers", "4 worker(s) of 0.5 CPU"),
+    ({"cpu": 1, "gpu": 1}, None, "spec.trialResources.gpu", "no Ray node has a GPU"),
+    ({"cpu": 3}, None, "spec.trialResources.cpu", "3 CPU"),
+], ids=["ddp-4x0.5-on-2", "gpu-without-gpu", "3-cpu-on-2"])
+def test_a_trial_that_can_never_be_placed_is_refused_at_start(ray_local, tmp_path, resources, distributed, field, words):
+    from kubetune.api import SpecError
+
+    extra = {"distributed": distributed} if distributed else {}
+    exp = load_experiment(doc("never", "kubetune_trials.sleep:train", {"x": {"uniform": {"min": 0, "max": 1}}},
+                              trialResources=resources, **extra))
+    with pytest.raises(SpecError) as info:
+        run_experiment(exp, storage_override=str(tmp_path))
+    [issue] = info.value.issues
+    assert issue.path == field and words in issue.message, issue
+    assert not (tmp_path / "never").exists()  # refused before Tune wrote anything
+
+
+def test_a_trial_waiting_for_resources_is_reported_with_rays_pending_demand(ray_local, tmp_path, monkeypatch):
+    from kubetune.tune.progress import summary_line
+
+    monkeypatch.setenv("KUBETUNE_PENDING_REPORT_SECONDS", "1")
+    seen = []
+    exp = load_experiment(doc("queued", "kubetune_trials.sleep:train", {"x": {"grid": [0.2, 0.8]}},
+                              config={"iterations": 60, "sleep_s": 0.1}, search={"numSamples": 1},
+                              trialResources={"cpu": 2}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path), sinks=[seen.append])
+    assert outcome.status == "succeeded", outcome.message
+    reasons = [t.pending_reason for s in seen for t in s.trials if t.pending_reason]
+    assert reasons, "no snapshot reported the waiting trial"
+    assert "Ray cannot place 1 x (2 CPU) yet; free: 0 CPU of 2 CPU" in reasons[0], reasons[0]
+    line = next(summary_line(s) for s in seen if any(t.pending_reason for t in s.trials))
+    assert " waiting: Ray cannot place 1 x (2 CPU) yet" in line
+    assert all(t.pending_reason is None for t in outcome.snapshot.trials)  # nothing waits at the end

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 import urllib.request
@@ -935,3 +936,17 @@ def test_service_accounts_and_images_the_operator_does_not_allow_are_refused(kub
     assert "spec.rayCluster.serviceAccountName" in valid["message"] and "spec.trainable.image" in valid["message"]
     assert cluster.children("picky") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
     cluster.wait_phase("fine", "Provisioning", op=op)
+
+
+# ---------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_operator_stops_on_sigterm_and_sigint_with_their_exit_codes(kube, namespace, operator_factory, signum, code):
+    # What Kubernetes sends a pod it deletes or evicts: a graceful stop that says it was stopped, not "done".
+    op = operator_factory([namespace])
+    started = time.monotonic()
+    os.kill(op.proc.pid, signum)
+    assert op.proc.wait(15) == code, op.tail()
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in op.tail(200)

@@ -141,6 +141,29 @@ def test_real_datasets_download_into_the_data_dir_with_a_lock(name, mode, channe
     assert image.shape == (channels, 32, 32)
 
 
+@pytest.mark.parametrize("name, cls, attr", [("mnist", "MNIST", "mirrors"), ("cifar10", "CIFAR10", "url")])
+def test_a_failed_download_says_which_dataset_from_where_and_how_to_provide_it(name, cls, attr, tmp_path, monkeypatch):
+    """The real torchvision download, from a local port nothing listens on: one message, no mirror tracebacks."""
+    import torchvision
+
+    from tests.conftest import free_port
+
+    source = f"http://127.0.0.1:{free_port()}/{name}/"
+    value = [source] if attr == "mirrors" else source + "cifar-10-python.tar.gz"
+    monkeypatch.setattr(getattr(torchvision.datasets, cls), attr, value)
+    trial.bind(trial.TrialContext(data_dir=str(tmp_path / "data")))
+    try:
+        with pytest.raises(data.DatasetDownloadError) as info:
+            data.load(name, "test")
+    finally:
+        trial.bind(trial.TrialContext())
+    message = str(info.value)
+    assert f"the {name} dataset" in message and f"127.0.0.1" in message
+    assert "Connection refused" in message
+    assert "KUBETUNE_DATA_DIR" in message and str(tmp_path / "data" / name) in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained tracebacks
+
+
 # ---------------------------------------------------------------- every seed runs
 
 

@@ -54,3 +54,47 @@ def counter(config):
         time.sleep(config.get("sleep_s", 0.1))
         trial.report({"score": config["x"] * i}, state={"i": i})
     (marks / f"done-{trial_id}").write_text("1")
+
+
+def slow_start(config):
+    """Waits before its first report (as a trainable that loads a large dataset does)."""
+    time.sleep(config.get("wait_s", 120))
+    trial.report({"score": 1.0})
+
+
+def reports_then_fails(config):
+    """Reports the best score of all, then fails: it must never be the best trial."""
+    trial.report({"score": 100.0})
+    raise ValueError(f"bad batch at x={config['x']}")
+
+
+def infinite(config):
+    """Reports an infinite objective once, then finite ones."""
+    trial.report({"score": float("inf"), "aux": float("nan")})
+    trial.report({"score": config["x"], "aux": float("-inf")})
+
+
+def fixed_score(config):
+    """The same score for every trial: a tie that only the documented rule can break."""
+    for _ in range(config.get("iterations", 2)):
+        trial.report({"score": 0.5})
+
+
+def reads_snake_case(config):
+    """Reads batch_size although the experiment samples batchSize; reads lr."""
+    batch_size = config.get("batch_size", 32)
+    for i in range(2):
+        trial.report({"score": config["lr"] * batch_size + i})
+
+
+def quick_or_slow(config):
+    """x < 0.5 finishes at once; the others wait `slow_s` (long enough to read the saved experiment state)."""
+    from pathlib import Path
+
+    if config["x"] < 0.5:
+        trial.report({"score": config["x"]})
+        Path(config["marks"], f"done-{trial.context().trial_id}").write_text("1")
+        return
+    for i in range(int(config.get("slow_s", 60) / 0.5)):
+        time.sleep(0.5)
+        trial.report({"score": config["x"]})

@@ -3,15 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from kubetune.api import exitcodes
+
+# `validate` exits 1 when a file has errors; `run` and `driver` use kubetune.api.exitcodes.
+EXIT_OK, EXIT_FAILED = exitcodes.OK, 1
 
 
 def _err(message: str) -> None:
     print(f"kubetune: {message}", file=sys.stderr)
+
+
+# Top-level modules each extra brings; a verb that misses one says which extra to install.
+EXTRA_MODULES = {
+    "operator": {"kopf", "kubernetes", "prometheus_client"},
+    "tune": {"ray", "pyarrow", "rich", "hyperopt", "optuna", "bayes_opt", "boto3", "botocore", "cloudpickle"},
+    "trials": {"torch", "torchvision", "lightning", "sklearn", "tensorboardX"},
+}
+
+
+def missing_extra(exc: ImportError, verb: str) -> str | None:
+    """ "`kubetune operator` needs the 'operator' extra: ..." for a module an extra provides, else None."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    for extra, modules in EXTRA_MODULES.items():
+        if top in modules:
+            return (f"`kubetune {verb}` needs the '{extra}' extra, which is not installed here (no module {top!r}): "
+                    f"pip install 'kubetune[{extra}]'")
+    return None
+
+
+def _with_extras(verb: str, func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ImportError as exc:
+            message = missing_extra(exc, verb)
+            if message is None:
+                raise
+            _err(message)
+            return exitcodes.CRASHED
+    return run
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -26,11 +62,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise SpecError([], path)
             for doc in docs:
                 experiment = load_experiment(doc, path)
+                entrypoint = experiment.spec.trainable.entrypoint
                 if args.check_entrypoint:
                     from kubetune.tune.trainable import import_entrypoint
 
-                    import_entrypoint(experiment.spec.trainable.entrypoint)
-                print(f"{path}: ok ({experiment.metadata.name})")
+                    import_entrypoint(entrypoint)
+                    checked = f"entrypoint {entrypoint} imported, takes the config"
+                else:
+                    checked = "entrypoint not imported; --check-entrypoint imports it"
+                print(f"{path}: ok ({experiment.metadata.name}; {checked})")
         except SpecError as exc:
             failed += 1
             if not exc.issues:
@@ -53,6 +93,9 @@ def _load(args: argparse.Namespace):
     from kubetune.api.smoke import smoke_overrides
 
     overrides = list(args.set or [])
+    if getattr(args, "storage", None):
+        # --storage is spec.storage.uri: validated like it, and spec.storage.endpoint etc. work with it
+        overrides.insert(0, f"spec.storage.uri={json.dumps(args.storage)}")
     experiment = load_experiment_file(args.file, overrides)
     if getattr(args, "smoke", False):
         experiment = load_experiment_file(args.file, smoke_overrides(experiment) + overrides)
@@ -60,20 +103,22 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from kubetune.api import SpecError
-    from kubetune.tune.storage import StorageError
 
-    console = Console(stderr=False)
     try:
         experiment = _load(args)
     except SpecError as exc:
-        _err(exc.render())
-        return EXIT_USAGE
+        text = exc.render()
+        if args.storage:
+            text = text.replace("spec.storage.uri:", "--storage (spec.storage.uri):")
+        _err(text)
+        return exitcodes.BAD_SPEC
     from kubetune.tune.driver import run_experiment
-    from kubetune.tune.progress import LiveProgress, print_outcome
+    from kubetune.tune.progress import LiveProgress, make_console, print_outcome
+    from kubetune.tune.signals import Interrupted, exit_code
+    from kubetune.tune.storage import StorageError
 
+    console = make_console()
     name = experiment.metadata.name
 
     def announce(info: dict) -> None:
@@ -84,24 +129,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
-                experiment, storage_override=args.storage, sinks=[progress], num_cpus=args.num_cpus,
-                on_start=announce,
+                experiment, sinks=[progress], num_cpus=args.num_cpus,
+                on_start=announce, verbose=args.verbose,
             )
     except SpecError as exc:
         _err(exc.render())
-        return EXIT_USAGE
-    except StorageError as exc:
+        return exitcodes.BAD_SPEC
+    except StorageError as exc:  # maybe passing (an endpoint down): a crash, worth a retry
         _err(str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        _err("interrupted; run the same command again to resume")
-        return EXIT_INTERRUPTED
+        return exitcodes.CRASHED
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _err(f"interrupted by {signal.Signals(signum).name} before any trial started; run the same command again to start")
+        return exit_code(signum)
     print_outcome(console, outcome)
     if outcome.status == "succeeded":
         console.print(f"[green]{outcome.message}[/]", highlight=False)
-        return EXIT_OK
-    _err(outcome.message)
-    return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_FAILED
+    else:
+        _err(outcome.message)
+    return outcome.exit_code
 
 
 def cmd_driver(args: argparse.Namespace) -> int:
@@ -112,11 +158,8 @@ def cmd_driver(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    try:
-        from kubetune.controller.main import main as operator_main
-    except ImportError as exc:
-        _err(f"the operator needs the 'operator' extra (pip install 'kubetune[operator]'): {exc}")
-        return EXIT_FAILED
+    from kubetune.controller.main import main as operator_main
+
     return operator_main(args)
 
 
@@ -130,12 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="results directory or s3:// URI (default: spec.storage.uri, else ./kubetune-results)")
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    run.set_defaults(func=cmd_run)
+    run.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
+    run.set_defaults(func=_with_extras("run", cmd_run))
 
     validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")
     validate.add_argument("files", nargs="+")
     validate.add_argument("--check-entrypoint", action="store_true", help="also import each trainable entrypoint")
-    validate.set_defaults(func=cmd_validate)
+    validate.set_defaults(func=_with_extras("validate --check-entrypoint", cmd_validate))
 
     crd = sub.add_parser("crd", help="print the TuneExperiment CustomResourceDefinition generated from the spec model")
     crd.set_defaults(func=cmd_crd)
@@ -146,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     driver.add_argument("--namespace", default=os.environ.get("KUBETUNE_NAMESPACE"))
     driver.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
     driver.add_argument("--patch-status", action="store_true", help="patch the TuneExperiment's status through the Kubernetes API")
-    driver.set_defaults(func=cmd_driver)
+    driver.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
+    driver.set_defaults(func=_with_extras("driver", cmd_driver))
 
     operator = sub.add_parser("operator", help="run the kopf operator")
     operator.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default all or KUBETUNE_WATCH_NAMESPACES)")
-    operator.set_defaults(func=cmd_operator)
+    operator.set_defaults(func=_with_extras("operator", cmd_operator))
     return parser
 
 

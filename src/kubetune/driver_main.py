@@ -3,8 +3,10 @@
 It reads the experiment the operator mounted (the normalised TuneExperiment as JSON or YAML),
 connects to the RayCluster (RAY_ADDRESS), runs or resumes the search, and patches the
 TuneExperiment's `status.trials`, `status.progress` and `status.bestTrial` while it runs
-(rate-limited). The operator owns phase and conditions. Exit codes: 0 succeeded, 1 failed,
-2 bad spec; a killed driver is restarted by its Job and resumes from storage.
+(rate-limited). The operator owns phase and conditions. Exit codes (kubetune.api.exitcodes): 0
+succeeded, 2 bad or infeasible spec, 3 every trial failed, 130/143 interrupted by SIGINT/SIGTERM (state
+and results saved), 1 a crash; a driver whose pod is replaced resumes from storage. The reason goes,
+as one line, to the pod's termination message file.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import threading
 import time
 from typing import Any
 
-from kubetune.api import SpecError
+from kubetune.api import SpecError, exitcodes
 from kubetune.api.load import load_experiment, load_spec, read_documents
 from kubetune.api.spec import API_GROUP, API_VERSION, PLURAL, TuneExperiment
+from kubetune.tune.signals import Interrupted, StopSignals, exit_code
+from kubetune.tune.storage import json_safe
 from kubetune.tune.tracking import Snapshot
 
 log = logging.getLogger("kubetune.driver")
@@ -31,6 +35,26 @@ log = logging.getLogger("kubetune.driver")
 JOIN_ENV = "KUBETUNE_JOIN_RAY_CLUSTER"
 STATUS_INTERVAL_ENV = "KUBETUNE_STATUS_INTERVAL"
 JOIN_TIMEOUT_ENV = "KUBETUNE_JOIN_TIMEOUT"
+# Where the one-line reason goes (the pod's terminationMessagePath); overridable for tests.
+TERMINATION_MESSAGE_ENV = "KUBETUNE_TERMINATION_MESSAGE_PATH"
+
+
+def write_termination_message(message: str) -> None:
+    """One line saying why the driver stopped, for the pod's terminated state (and the operator's status)."""
+    path = os.environ.get(TERMINATION_MESSAGE_ENV)
+    if not path:
+        # Kubernetes mounts this file into every container; elsewhere (a laptop, as root) /dev is no place for it.
+        path = exitcodes.TERMINATION_MESSAGE_PATH
+        if not os.access(path, os.W_OK):
+            return
+    elif not os.access(os.path.dirname(path) or ".", os.W_OK):
+        return
+    line = " ".join(message.split())[:1000]  # Kubernetes keeps at most 4 KiB of it
+    try:
+        with open(path, "w") as fh:
+            fh.write(line + "\n")
+    except OSError:
+        pass
 
 
 def status_fields(snapshot: Snapshot, results_uri: str | None = None) -> dict[str, Any]:
@@ -38,7 +62,7 @@ def status_fields(snapshot: Snapshot, results_uri: str | None = None) -> dict[st
     counts = snapshot.counts
     best = snapshot.best
     status: dict[str, Any] = {
-        "trials": counts,
+        "trials": dict(counts),
         "progress": f"{snapshot.done}/{counts['total']}",
     }
     if best is not None:
@@ -48,20 +72,16 @@ def status_fields(snapshot: Snapshot, results_uri: str | None = None) -> dict[st
         }
     if results_uri:
         status["resultsUri"] = results_uri
-    return status
+    return json_safe(status)  # the API server refuses inf and NaN
 
 
 class StatusPatcher:
     """Patches the TuneExperiment's status subresource, at most every `interval_s` seconds."""
 
     def __init__(self, name: str, namespace: str, interval_s: float = 5.0):
-        from kubernetes import client, config
+        from kubetune.tune.kube_status import connect
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.CustomObjectsApi()
+        self.api = connect()
         self.name, self.namespace, self.interval_s = name, namespace, interval_s
         self._last = 0.0
         self._last_body: dict[str, Any] | None = None
@@ -79,9 +99,7 @@ class StatusPatcher:
             return
         with self._lock:
             try:
-                self.api.patch_namespaced_custom_object_status(
-                    API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, {"status": status}
-                )
+                self.api.patch_status(API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, status)
                 self._last_body = status
             except Exception as exc:  # the search must go on when the API server is briefly away
                 log.warning("could not patch the status of %s/%s: %s", self.namespace, self.name, exc)
@@ -170,23 +188,41 @@ def load_driver_experiment(path: str, name: str | None, namespace: str | None) -
 
 
 def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code, message = _main(args)
+    write_termination_message(message)
+    if code != exitcodes.OK:
+        print(f"kubetune driver: {message}", file=sys.stderr)
+    return code
+
+
+def _main(args: argparse.Namespace) -> tuple[int, str]:
+    """Run the driver; (exit code, one line saying why it stopped)."""
     from kubetune.tune.driver import run_experiment
     from kubetune.tune.storage import StorageError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         experiment = load_driver_experiment(args.spec, args.name, args.namespace)
     except SpecError as exc:
-        print(f"kubetune driver: {exc.render()}", file=sys.stderr)
-        return 2
+        return exitcodes.BAD_SPEC, exc.render()
     name = experiment.metadata.name
     namespace = args.namespace or experiment.metadata.namespace or "default"
     interval = float(os.environ.get(STATUS_INTERVAL_ENV) or 5.0)
-    patcher = StatusPatcher(name, namespace, interval_s=interval) if args.patch_status else None
+    patcher = None
+    if args.patch_status:
+        from kubetune.tune.kube_status import KubeConfigError
+
+        try:
+            patcher = StatusPatcher(name, namespace, interval_s=interval)
+        except KubeConfigError as exc:
+            return exitcodes.CRASHED, f"--patch-status: cannot reach the Kubernetes API: {exc}"
 
     def progress_line(snapshot: Snapshot) -> None:
         from kubetune.tune.progress import summary_line
 
+        for text in snapshot.warnings[getattr(progress_line, "warned", 0):]:
+            log.warning(text)
+        progress_line.warned = len(snapshot.warnings)  # type: ignore[attr-defined]
         now = time.monotonic()
         if now - getattr(progress_line, "last", 0.0) >= 10:
             progress_line.last = now  # type: ignore[attr-defined]
@@ -195,29 +231,31 @@ def main(args: argparse.Namespace) -> int:
     sinks = [progress_line] + ([patcher] if patcher else [])
     node = None
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if _truthy(os.environ.get(JOIN_ENV)) and address and not address.startswith("ray://"):
-        node = RayNode(address, timeout_s=float(os.environ.get(JOIN_TIMEOUT_ENV) or 600))
+    with StopSignals() as signals:  # a signal while joining the Ray cluster ends the driver with 130 / 143 too
         try:
-            node.start()
-        except RuntimeError as exc:
-            print(f"kubetune driver: {exc}", file=sys.stderr)
-            return 1
-    try:
-        outcome = run_experiment(experiment, sinks=sinks, address=args.address)
-    except SpecError as exc:
-        print(f"kubetune driver: {exc.render()}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"kubetune driver: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if node is not None:
-            import ray
+            if _truthy(os.environ.get(JOIN_ENV)) and address and not address.startswith("ray://"):
+                node = RayNode(address, timeout_s=float(os.environ.get(JOIN_TIMEOUT_ENV) or 600))
+                try:
+                    node.start()
+                except RuntimeError as exc:
+                    return exitcodes.CRASHED, str(exc)
+            outcome = run_experiment(experiment, sinks=sinks, address=args.address,
+                                     verbose=getattr(args, "verbose", False))
+            signals.phase = "after"  # the search has ended and saved; a late signal only shortens the clean-up
+        except SpecError as exc:
+            return exitcodes.BAD_SPEC, exc.render()
+        except StorageError as exc:
+            return exitcodes.CRASHED, str(exc)
+        except Interrupted as exc:
+            return exit_code(exc.signum), f"interrupted by {exc} before the search started; the next start resumes"
+        finally:
+            if node is not None:
+                import ray
 
-            ray.shutdown()  # disconnect before the node this driver runs on goes away
-            node.stop()
+                ray.shutdown()  # disconnect before the node this driver runs on goes away
+                node.stop()
     if patcher:
         patcher.patch(status_fields(outcome.snapshot, outcome.results_uri))
     print(json.dumps({"status": outcome.status, "message": outcome.message, "results": outcome.results_uri}))
     log.info("experiment %s %s: %s", name, outcome.status, outcome.message)
-    return 0 if outcome.status == "succeeded" else 1
+    return outcome.exit_code, f"{outcome.status}: {outcome.message}"

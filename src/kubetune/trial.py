@@ -33,7 +33,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 STATE_FILE = "state.pt"
 META_FILE = "kubetune.json"
@@ -58,6 +58,90 @@ class TrialContext:
 
 _context = TrialContext()
 _iteration = 0
+
+# Added to a trial's first result: the sampled parameters its trainable had not read by then.
+UNREAD_KEY = "kubetune_unread_parameters"
+
+
+class ReadTrackingConfig(dict):
+    """The config a trainable gets: a plain dict that notes which keys were read (and asked for but missing).
+
+    Reading the whole config (iterating it, `dict(config)`, `**config`, sending it to other processes)
+    counts as reading every key: the keys are then used somewhere this process cannot see.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+        self.missing: set[str] = set()
+        self.read_all = False
+
+    def _note(self, key: Any) -> None:
+        if key in dict.keys(self):
+            self.read.add(key)
+        elif isinstance(key, str):
+            self.missing.add(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._note(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self._note(key)
+        return super().__contains__(key)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return super().setdefault(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._note(key)
+        return super().pop(key, *default)
+
+    def _all(self) -> None:
+        self.read_all = True
+
+    def keys(self):  # also what dict(config) and **config use for a dict subclass
+        self._all()
+        return super().keys()
+
+    def items(self):
+        self._all()
+        return super().items()
+
+    def values(self):
+        self._all()
+        return super().values()
+
+    def __iter__(self):
+        self._all()
+        return super().__iter__()
+
+    def copy(self) -> dict:
+        self._all()
+        return dict(super().items())
+
+    def __reduce__(self):  # pickled for another process (a TorchTrainer's workers): read there
+        self._all()
+        return (dict, (dict(super().items()),))
+
+    def unread(self, names: Iterable[str]) -> list[str]:
+        if self.read_all:
+            return []
+        return [n for n in names if n in dict.keys(self) and n not in self.read]
+
+
+_watched: tuple[ReadTrackingConfig, list[str]] | None = None
+
+
+def watch_config(config: ReadTrackingConfig | None, parameters: Iterable[str] = ()) -> None:
+    """Report, with the first result, which of `parameters` the trainable has not read from `config`."""
+    global _watched
+    _watched = (config, list(parameters)) if config is not None else None
 
 
 def context() -> TrialContext:
@@ -118,9 +202,15 @@ def report(
     Pass `final=True` on the last iteration so that `checkpoint.atEnd` is honoured even when the
     trainable decides its own number of iterations.
     """
-    global _iteration
+    global _iteration, _watched
     _iteration += 1
     metrics = dict(metrics)
+    if _watched is not None:  # once, with the first result of this process
+        config, names = _watched
+        _watched = None
+        unread = config.unread(names)
+        if unread:
+            metrics[UNREAD_KEY] = {"unread": unread, "missing": sorted(config.missing)}
     if state is None or not should_checkpoint(final=final):
         _ray_report(metrics, None)
         return

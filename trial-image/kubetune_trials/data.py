@@ -105,7 +105,36 @@ def _torchvision(dataset: str, split: Split, image_size: int, channels: int) -> 
     root = trial.data_dir(dataset)
     # Several trials on one node may start at once: the first downloads, the others wait and reuse.
     with FileLock(str(root / ".download.lock")):
-        return cls(root=str(root), train=(split == "train"), download=True, transform=transform)
+        try:
+            return cls(root=str(root), train=(split == "train"), download=True, transform=transform)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision wraps its mirrors' errors in RuntimeError
+            raise DatasetDownloadError(dataset, cls, root, exc) from None
+
+
+class DatasetDownloadError(RuntimeError):
+    """A torchvision dataset that is neither on disk nor downloadable: which one, from where, why, and
+    how to provide it offline (one message instead of a traceback per mirror)."""
+
+    def __init__(self, dataset: str, cls: type, root, cause: BaseException):
+        sources = list(getattr(cls, "mirrors", None) or []) or [getattr(cls, "url", "") or "(torchvision's URL)"]
+        reason = _root_cause(cause)
+        super().__init__(
+            f"cannot download the {dataset} dataset (torchvision {cls.__name__}) from {', '.join(sources)}: {reason}. "
+            f"To run without network access, put its files into {root} on every node beforehand "
+            f"(e.g. run the trainable once where the network is reachable and copy the folder), "
+            f"and point KUBETUNE_DATA_DIR at the parent folder ({root.parent}); "
+            f"or use a dataset that needs no download (digits, synthetic)"
+        )
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason, e.g. "[Errno -2] Name or service not known", not the wrapping text."""
+    reason = getattr(exc, "reason", None)
+    if reason is not None:
+        return str(reason)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.removeprefix("<urlopen error ").removesuffix(">")
 
 
 # ---------------------------------------------------------------- digits (bundled with scikit-learn)

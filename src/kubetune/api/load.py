@@ -195,9 +195,16 @@ def read_documents(path: str | Path) -> list[Any]:
 
 def load_experiment_file(path: str | Path, overrides: Iterable[str] = ()) -> TuneExperiment:
     """Load the single TuneExperiment in `path`, after `--set path=value` overrides."""
-    docs = [d for d in read_documents(path) if not (isinstance(d, dict) and d.get("kind") not in (None, "TuneExperiment"))]
+    every = read_documents(path)
+    docs = [d for d in every if not (isinstance(d, dict) and d.get("kind") not in (None, "TuneExperiment"))]
+    if not docs and len(every) == 1:
+        docs = every  # one document of another kind: validating it says what is wrong (e.g. the kind)
     if len(docs) != 1:
-        raise SpecError([FieldIssue("", f"expected one TuneExperiment document, found {len(docs)}")], str(path))
+        kinds = sorted({str(d.get("kind")) for d in every if isinstance(d, dict)})
+        found = f"found {len(docs)}" + (f" among {len(every)} document(s) of kind {', '.join(kinds)}" if every else "")
+        raise SpecError([FieldIssue("", f"expected one TuneExperiment document, {found}")], str(path))
+    if not isinstance(docs[0], dict):
+        return load_experiment(docs[0], str(path))
     return load_experiment(apply_overrides(docs[0], overrides), str(path))
 
 

@@ -89,13 +89,17 @@ class TrialCounts(Model):
     total: int = 0
     """The trial budget (numSamples times the grid size), or more trials if the search made more."""
     pending: int = 0
-    """Not started yet, or paused."""
+    """Not started yet, waiting for a retry, or paused (PBT)."""
     running: int = 0
     """Running now."""
     terminated: int = 0
-    """Finished (including stopped early by the scheduler)."""
+    """Finished: ran to their last iteration, returned, or reached the goal."""
+    stopped: int = 0
+    """Ended early: by the scheduler (ASHA, HyperBand, median stopping), another trial reaching the goal, or the time budget."""
     error: int = 0
     """Failed past their retries."""
+    interrupted: int = 0
+    """Were running when the driver was interrupted (SIGINT/SIGTERM); they resume when the driver starts again."""
 
 
 class BestTrial(Model):

@@ -111,12 +111,13 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
                 refusals.append(phases.Refusal(action.kind, action.name, exc.verb, exc.status, exc.message))
         if refusals:
             plan = phases.refused(plan, obs, refusals, settings)
-        patch = phases.status_patch(obs.status, plan.status)
-        if patch:
-            kube.patch_experiment_status(namespace, name, patch)
+        # Events before the status: whoever sees the new phase also finds the event that explains it.
         for type_, reason, message in plan.events:
             kube.post_event(fresh, type_, reason, message)
             log.info("%s/%s: %s %s", namespace, name, reason, message)
+        patch = phases.status_patch(obs.status, plan.status)
+        if patch:
+            kube.patch_experiment_status(namespace, name, patch)
         if "phase" in patch:
             metrics.PHASE_TRANSITIONS.labels(phase=plan.status.get("phase", "")).inc()
         return plan

@@ -12,9 +12,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kubetune.api import exitcodes
 from kubetune.api.spec import TuneExperiment, TuneExperimentSpec
+from kubetune.tune.signals import StopSignals, exit_code
 from kubetune.tune.storage import ResolvedStorage, check_storage, resolve_storage
-from kubetune.tune.tracking import ExperimentTracker, ObjectiveStopper, Snapshot, TrialRecord
+from kubetune.tune.tracking import ExperimentTracker, ObjectiveStopper, Snapshot, TrialRecord, TrialState, best_key
 
 log = logging.getLogger("kubetune.driver")
 
@@ -25,28 +27,36 @@ BEST_FILE = "kubetune-best-trial.json"
 RAY_ENV_DEFAULTS = {
     # kubetune checks the objective metric itself, with a message naming the field.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Save the experiment state after every controller step (Ray's default: every >= 10 s), so a
-    # driver killed at any point resumes with every finished trial; it costs no measurable time
-    # (bench/), the state is small and uploaded in the background.
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # Save the experiment state at most every 5 s (Ray's default: auto, >= 10 s), and at once after a
+    # trial finishes or fails (ExperimentTracker forces it), so a driver killed at any point resumes with
+    # every finished trial. Saving after every step made 200-300 S3 requests a second (issue #10).
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
     "RAY_AIR_NEW_OUTPUT": "0",
     # A reused actor waits this long for the previous trial's thread (a DDP trial's clean-up takes
     # more than Ray's 2 s; past it Tune starts a fresh actor and logs a warning).
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10",
     "RAY_DEDUP_LOGS": "0",
 }
+# Always: kubetune handles SIGINT itself, like SIGTERM (kubetune.tune.signals).
+RAY_ENV_FORCED = {"TUNE_DISABLE_SIGINT_HANDLER": "1"}
+
+BEST_TRIAL_RULE = (
+    "the best objective among trials that reported a finite value and did not fail; "
+    "ties: fewer iterations, then the smaller trial id"
+)
 
 
 @dataclass
 class Outcome:
     """How a run ended: succeeded, failed or interrupted; what was found; where it is stored."""
 
-    status: str
+    status: str  # succeeded | failed | interrupted
     message: str
     snapshot: Snapshot
     experiment_uri: str
     restored: bool
     results_uri: str | None = None
+    exit_code: int = exitcodes.OK
 
     @property
     def best(self) -> TrialRecord | None:
@@ -77,6 +87,16 @@ def importable_cwd() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *parts])
 
 
+class _TuneInterruptNoise(logging.Filter):
+    """Drop Tune's own lines about an interrupt: kubetune says what happened and how to resume."""
+
+    NOISE = ("Stop signal received", "has been interrupted", "Trials did not complete", "Tuner.restore(")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(n in text for n in self.NOISE)
+
+
 class _TempFileSyncRace(logging.Filter):
     """Drop Ray's warning about a sync that raced an atomic write of the experiment state.
 
@@ -90,19 +110,42 @@ class _TempFileSyncRace(logging.Filter):
         return not ("Last sync command failed" in text and "FileNotFoundError" in text and "-tmp-" in text)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
+_FILTERS = {"ray.train._internal.syncer": _TempFileSyncRace(), "ray.tune.tune": _TuneInterruptNoise()}
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Ray's, Tune's and the searchers' own log lines only with --verbose: kubetune reports what matters
+    (progress, errors in words, pending trials), and their lines (some with raw colour codes) would
+    bury it. With --verbose they come through at INFO."""
+    for name, flt in _FILTERS.items():
+        if flt not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(flt)
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+    for name in ("optuna", "hyperopt", "bayes_opt", "ax"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if "optuna" in sys.modules:  # optuna sets its own level when it is first imported (by the searcher)
+        sys.modules["optuna"].logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    # Ray announces its (default, kept) token authentication on every start; it is not news to a user.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.INFO if verbose else logging.ERROR)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False,
+               verbose: bool = False) -> bool:
     """Connect to `address` (a cluster) or start an embedded Ray; True if this call started it."""
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    os.environ.update(RAY_ENV_FORCED)
     import ray
 
+    configure_logging(verbose)
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
-    logging.getLogger("ray.train._internal.syncer").addFilter(_TempFileSyncRace())
-    # Ray announces its (default, kept) token authentication on every start; it is not news to a user.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    level = logging.INFO if verbose else logging.ERROR
+    kwargs: dict[str, Any] = {"logging_level": level, "log_to_driver": log_to_driver or verbose}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -167,6 +210,7 @@ def run_experiment(
     address: str | None = None,
     num_cpus: int | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
 ) -> Outcome:
     """Run the experiment to the end, or resume it when its storage already holds it.
 
@@ -174,89 +218,166 @@ def run_experiment(
     """
     from ray import tune
 
-    from kubetune.tune.space import build_param_space
+    from kubetune.tune.space import build_param_space, max_iterations
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
+    if storage_override:
+        experiment = with_storage_uri(experiment, storage_override)
     spec, name = experiment.spec, experiment.metadata.name
-    storage = resolve_storage(spec.storage, storage_override)
-    check_storage(storage)
-    importable_cwd()
-    import_entrypoint(spec.trainable.entrypoint)
-    ensure_ray(address=address, num_cpus=num_cpus)
+    with StopSignals() as signals:
+        storage = resolve_storage(spec.storage)
+        check_storage(storage)
+        importable_cwd()
+        import_entrypoint(spec.trainable.entrypoint)
+        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
+        signals.install()  # again: ray.init() replaced the SIGTERM handler
+        check_feasible(spec, cluster=bool(address or os.environ.get("RAY_ADDRESS")))
 
-    trainable = build_trainable(spec)
-    param_space = build_param_space(spec)
-    stopper = build_stopper(spec)
-    tracker = ExperimentTracker(
-        metric=spec.objective.metric,
-        mode=spec.objective.mode,
-        budget=trial_budget(spec),
-        parameter_names=list(spec.parameters),
-        storage=(storage.uri, storage.root),
-        sinks=list(sinks or []),
-    )
-    experiment_path = storage.experiment_path(name)
-    experiment_uri = storage.experiment_uri(name)
-    restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)
-    if restored:
-        tuner = tune.Tuner.restore(
-            experiment_path,
-            trainable=trainable,
-            resume_unfinished=True,
-            restart_errored=True,
-            param_space=param_space,
-            storage_filesystem=storage.filesystem,
+        trainable = build_trainable(spec)
+        param_space = build_param_space(spec)
+        stopper = build_stopper(spec).activate()
+        tracker = ExperimentTracker(
+            metric=spec.objective.metric,
+            mode=spec.objective.mode,
+            budget=trial_budget(spec),
+            parameter_names=list(spec.parameters),
+            storage=(storage.uri, storage.root),
+            sinks=list(sinks or []),
+            finish_at=max_iterations(spec),
+            stopper=stopper,
         )
-        # Tune restores the RunConfig and search algorithm it pickled: this run's display and
-        # stopper replace the old ones, and a raised numSamples extends the search.
-        local = tuner._local_tuner
-        local.get_run_config().callbacks = [tracker]
-        local.get_run_config().stop = stopper
-        local._tune_config.search_alg.extend_to = tracker.budget
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=build_tune_config(spec),
-            run_config=build_run_config(spec, name, storage, [tracker], stopper),
-        )
-    if on_start:
-        on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
-    log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
-    tuner.fit()
-    # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
-    snapshot = tracker.snapshot
-    outcome = _conclude(spec, snapshot, stopper, experiment_uri, restored)
-    _write_results(storage, name, spec, outcome)
-    outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
-    return outcome
+        signals.on_signal = tracker.request_stop
+        experiment_path = storage.experiment_path(name)
+        experiment_uri = storage.experiment_uri(name)
+        restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)
+        signals.phase = "tuning"
+        if restored:
+            tuner = tune.Tuner.restore(
+                experiment_path,
+                trainable=trainable,
+                resume_unfinished=True,
+                restart_errored=True,
+                param_space=param_space,
+                storage_filesystem=storage.filesystem,
+            )
+            # Tune restores the RunConfig and search algorithm it pickled: this run's display and
+            # stopper replace the old ones (the pickled stopper unpickles to the active one, see
+            # ObjectiveStopper), and a raised numSamples extends the search.
+            local = tuner._local_tuner
+            local.get_run_config().callbacks = [tracker]
+            local.get_run_config().stop = stopper
+            local._tune_config.search_alg.extend_to = tracker.budget
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=build_tune_config(spec),
+                run_config=build_run_config(spec, name, storage, [tracker], stopper),
+            )
+        if on_start:
+            on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
+        log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
+        configure_logging(verbose)  # again: the searcher's library is imported by now
+        tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
+        signals.phase = "after"
+        # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
+        snapshot = tracker.snapshot
+        snapshot.interrupted_by = signals.name
+        outcome = _conclude(spec, snapshot, stopper, experiment_uri, restored)
+        _write_results(storage, name, spec, outcome)
+        outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
+        return outcome
+
+
+def check_feasible(spec: TuneExperimentSpec, cluster: bool) -> None:
+    """Refuse, before any trial starts, a trial that can never be placed (SpecError naming the field).
+
+    Locally the embedded Ray's nodes are all there will be. On a cluster the autoscaler may still add
+    the spec's worker groups, so a trial must fit either a live node or a worker group.
+    """
+    import ray
+
+    from kubetune.api.errors import SpecError
+    from kubetune.api.feasibility import infeasible, nodes_from_ray, nodes_from_spec
+
+    nodes = nodes_from_ray(ray.nodes())
+    if cluster:
+        nodes += nodes_from_spec(spec)
+    issues = infeasible(spec, nodes, where="Ray node")
+    if issues:
+        raise SpecError(issues)
+
+
+def with_storage_uri(experiment: TuneExperiment, uri: str) -> TuneExperiment:
+    """The experiment with spec.storage.uri replaced, validated as if the file said so (--storage)."""
+    from kubetune.api.load import load_experiment
+
+    document = experiment.dump()
+    document["spec"].setdefault("storage", {})["uri"] = uri
+    return load_experiment(document, "--storage")
 
 
 def _conclude(spec: TuneExperimentSpec, snapshot: Snapshot, stopper: ObjectiveStopper, uri: str, restored: bool) -> Outcome:
     counts = snapshot.counts
     metric = spec.objective.metric
+
+    def outcome(status: str, message: str, code: int) -> Outcome:
+        return Outcome(status, message, snapshot, uri, restored, exit_code=code)
+
     if stopper.missing_metric is not None:
         reported = ", ".join(stopper.missing_metric) or "nothing but Tune's own keys"
-        return Outcome("failed", (
+        return outcome("failed", (
             f"spec.objective.metric: the trainable never reported {metric!r} in its first result; "
             f"it reported: {reported}"
-        ), snapshot, uri, restored)
-    if counts["terminated"] == 0 and counts["error"] > 0:
-        first = next((t.error for t in snapshot.trials if t.error), "")
-        return Outcome("failed", f"all {counts['error']} trial(s) failed; first error: {first}", snapshot, uri, restored)
+        ), exitcodes.BAD_SPEC)
+    if snapshot.interrupted_by:
+        signum = {"SIGINT": 2, "SIGTERM": 15}.get(snapshot.interrupted_by, 2)
+        return outcome("interrupted", (
+            f"interrupted by {snapshot.interrupted_by}: {counts_text(counts)}; "
+            "the experiment is saved, run the same command again to resume"
+        ), exit_code(signum))
+    finished = counts[TrialState.TERMINATED] + counts[TrialState.STOPPED]
+    if finished == 0 and counts[TrialState.ERROR] > 0:
+        return outcome("failed", f"all {counts['error']} trial(s) failed: {errors_text(snapshot)}",
+                       exitcodes.ALL_TRIALS_FAILED)
     if stopper.goal_reached_by is not None and spec.stop.on_goal == "experiment":
-        return Outcome("succeeded", f"trial {stopper.goal_reached_by} reached the goal {metric} = {spec.objective.goal}",
-                       snapshot, uri, restored)
+        return outcome("succeeded", f"trial {stopper.goal_reached_by} reached the goal {metric} = {spec.objective.goal}",
+                       exitcodes.OK)
     budget_s = spec.stop.time_budget_seconds
     if budget_s is not None and snapshot.elapsed_s >= budget_s * 0.98 and snapshot.best is not None:
-        return Outcome("succeeded", f"time budget of {budget_s:g} s used; {counts['terminated']} trial(s) finished",
-                       snapshot, uri, restored)
+        return outcome("succeeded", f"time budget of {budget_s:g} s used; {counts_text(counts)}", exitcodes.OK)
     if snapshot.best is None:
-        return Outcome("failed", f"no trial reported a numeric {metric!r}", snapshot, uri, restored)
-    if counts["running"] or counts["pending"]:
-        return Outcome("interrupted", "stopped before every trial finished; run the same command again to resume",
-                       snapshot, uri, restored)
-    return Outcome("succeeded", f"{counts['terminated']} trial(s) finished, {counts['error']} failed", snapshot, uri, restored)
+        return outcome("failed", f"no trial reported a finite number for {metric!r}; {counts_text(counts)}",
+                       exitcodes.ALL_TRIALS_FAILED)
+    if counts["running"] or counts["pending"] or counts["interrupted"]:
+        return outcome("interrupted", "stopped before every trial finished; run the same command again to resume",
+                       exitcodes.CRASHED)
+    return outcome("succeeded", counts_text(counts), exitcodes.OK)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """e.g. "6 trial(s) finished, 2 stopped early, 1 failed" (states with no trial left out)."""
+    words = [
+        (TrialState.TERMINATED, "finished"), (TrialState.STOPPED, "stopped early"), (TrialState.ERROR, "failed"),
+        (TrialState.INTERRUPTED, "interrupted"), (TrialState.RUNNING, "running"), (TrialState.PENDING, "not started"),
+    ]
+    parts = [f"{counts[state]} {word}" for state, word in words if counts.get(state)]
+    if not parts:
+        return "no trial ran"
+    parts[0] = parts[0].replace(" ", " trial(s) ", 1)
+    return ", ".join(parts)
+
+
+def errors_text(snapshot: Snapshot, limit: int = 3) -> str:
+    """Errored trials grouped by error, e.g. "RuntimeError: boom (4 trials: a1, b2, ...)"."""
+    groups = snapshot.errors()
+    parts = []
+    for text, ids in groups[:limit]:
+        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+        parts.append(f"{text} ({len(ids)} trial(s): {shown})")
+    if len(groups) > limit:
+        parts.append(f"and {len(groups) - limit} other error(s)")
+    return "; ".join(parts)
 
 
 def results_document(name: str, spec: TuneExperimentSpec, outcome: Outcome) -> dict[str, Any]:
@@ -266,9 +387,13 @@ def results_document(name: str, spec: TuneExperimentSpec, outcome: Outcome) -> d
         "status": outcome.status,
         "message": outcome.message,
         "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode, "goal": spec.objective.goal},
+        "interrupted": outcome.snapshot.interrupted_by,
         "counts": outcome.snapshot.counts,
         "bestTrial": best.to_dict() if best else None,
-        "trials": [t.to_dict() for t in outcome.snapshot.trials],
+        "bestTrialRule": BEST_TRIAL_RULE,
+        "errors": [{"error": text, "trials": ids} for text, ids in outcome.snapshot.errors()],
+        "warnings": outcome.snapshot.warnings,
+        "trials": [t.to_dict() for t in sorted(outcome.snapshot.trials, key=lambda t: best_key(t, spec.objective.mode))],
     }
 
 

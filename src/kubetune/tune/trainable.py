@@ -45,7 +45,39 @@ def import_entrypoint(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
         raise SpecError([FieldIssue(
             "spec.trainable.entrypoint", f"module {module_name!r} has no function {attr!r}"
         )])
+    problem = _signature_problem(fn)
+    if problem:
+        raise SpecError([FieldIssue(
+            "spec.trainable.entrypoint",
+            f"{entrypoint} {problem}; a trainable is a Python function taking the trial's config: def {attr}(config): ...",
+        )])
     return fn
+
+
+def _signature_problem(fn: Any) -> str | None:
+    """Why `fn` cannot be called as fn(config), or None. Built-ins (os:system) and classes are refused:
+    they would take the config dict and fail in every trial."""
+    import inspect
+
+    if inspect.isclass(fn):
+        return "is a class, not a function"
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        return f"is a {type(fn).__name__}, not a Python function"
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return "has no readable signature"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    required_kw = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    if required_kw:
+        return f"needs keyword argument(s) {', '.join(p.name for p in required_kw)}"
+    if len(required) > 1:
+        return f"takes {len(required)} arguments ({', '.join(p.name for p in required)})"
+    if not positional and not takes_varargs:
+        return "takes no argument"
+    return None
 
 
 def _is_user_module(module: Any, user_package: str) -> bool:
@@ -163,6 +195,7 @@ def build_trainable(spec: TuneExperimentSpec):
     entrypoint = spec.trainable.entrypoint
     user_package = entrypoint.split(":")[0].split(".")[0]
     base_context = trial_context(spec)
+    parameter_names = list(spec.parameters)
 
     def run_trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id() or ""
@@ -171,7 +204,12 @@ def build_trainable(spec: TuneExperimentSpec):
             trial.bind(ctx)
             trial.seed_everything()
             fn = import_entrypoint(entrypoint)
-            fn(dict(config))
+            tracked = trial.ReadTrackingConfig(config)
+            trial.watch_config(tracked, parameter_names)
+            try:
+                fn(tracked)
+            finally:
+                trial.watch_config(None)
 
     # Trial names read "train_<id>" rather than "run_trial_<id>".
     run_trial.__name__ = run_trial.__qualname__ = entrypoint.split(":")[1]
