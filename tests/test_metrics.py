@@ -268,7 +268,7 @@ def test_metrics_off_collects_nothing_but_still_plots(ray_local, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_series_left_after_an_experiment_do_not_grow_with_its_trials(ray_local, tmp_path):
+def test_series_left_after_an_experiment_do_not_grow_with_its_trials(ray_local, tmp_path, capsys):
     from kubetune.api import load_experiment
     from kubetune.tune.driver import run_experiment
 
@@ -287,8 +287,9 @@ def test_series_left_after_an_experiment_do_not_grow_with_its_trials(ray_local, 
             counts[trials] = (during, len(_series(metrics.REGISTRY, name)))
     finally:
         metrics.METRICS.trials.ttl_s = ttl
-    print(f"\nseries of an experiment after it ends: 2 trials -> {counts[2][1]}, 100 trials -> {counts[100][1]} "
-          f"(within the TTL: {counts[2][0]} and {counts[100][0]})")
+    with capsys.disabled():  # shown in CI's log without -s
+        print(f"\nseries of an experiment after it ends: 2 trials -> {counts[2][1]}, 100 trials -> {counts[100][1]} "
+              f"(within the TTL: {counts[2][0]} and {counts[100][0]})")
     assert counts[100][1] == counts[2][1]
     assert counts[100][0] == counts[2][0] + 98 * 2  # objective and iteration of each finished trial, until the TTL
 

@@ -181,7 +181,7 @@ def _panel_sources() -> dict[tuple[str, str], dashboards.Panel]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_quickstart_dashboards_on_a_real_prometheus(prometheus, tmp_path):
+def test_quickstart_dashboards_on_a_real_prometheus(prometheus, tmp_path, capsys):
     _, promtool = _binaries()
     port = free_port()
     prom = prometheus({"kubetune-run": f"127.0.0.1:{port}"})
@@ -212,15 +212,16 @@ def test_quickstart_dashboards_on_a_real_prometheus(prometheus, tmp_path):
     sources = _panel_sources()
     core = [key for key, panel in sources.items() if panel.source == "driver" and panel.core]
     missing = [f"{board} / {title}" for board, title in core if not panels.get((board, title))]
-    print(f"\ndashboard queries evaluated: {evaluated}, returned data: {with_data}; "
-          f"core panels (driver) with data: {len(core) - len(missing)}/{len(core)}")
+    with capsys.disabled():  # shown in CI's log without -s
+        print(f"\ndashboard queries evaluated: {evaluated}, returned data: {with_data}; "
+              f"core panels (driver) with data: {len(core) - len(missing)}/{len(core)}")
     assert errors == []
     assert missing == []
 
 
 @pytest.mark.kube
 @pytest.mark.slow
-def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, namespace, kube, tmp_path):
+def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, namespace, kube, tmp_path, capsys):
     """The operator, on the real API server, reconciling a valid and an invalid experiment while scraped."""
     from tests.operator_fixtures import Cluster, experiment_manifest, wait_until
 
@@ -263,8 +264,9 @@ def test_operator_dashboard_on_a_real_prometheus(prometheus, operator_factory, n
     core = [key for key, panel in sources.items() if panel.source == "operator" and panel.core
             and key[0] == "kubetune / Operator"]
     missing = [f"{board} / {title}" for board, title in core if not panels.get((board, title))]
-    print(f"\noperator: dashboard queries evaluated: {evaluated}, returned data: {with_data}; "
-          f"operator panels with data: {len(core) - len(missing)}/{len(core)}")
+    with capsys.disabled():
+        print(f"\noperator: dashboard queries evaluated: {evaluated}, returned data: {with_data}; "
+              f"operator panels with data: {len(core) - len(missing)}/{len(core)}")
     assert errors == []
     assert missing == []
 
