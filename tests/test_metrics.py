@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kubetune import dashboards, metrics
-from kubetune.metrics import LABEL_BOUNDS, MetricDef, Metrics, TrialSeries
+from kubetune.metrics import MetricDef, Metrics, TrialSeries
 
 ROOT = Path(__file__).resolve().parents[1]
 

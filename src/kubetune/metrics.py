@@ -14,6 +14,7 @@ for why that beats a per-node `ray.util.metrics` exporter.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -339,8 +340,6 @@ class Metrics:
 
 
 def trial_ttl_from_env(environ: Mapping[str, str] | None = None) -> float:
-    import os
-
     raw = (environ if environ is not None else os.environ).get("KUBETUNE_METRICS_TRIAL_TTL", "300")
     try:
         return max(0.0, float(raw))
@@ -446,8 +445,6 @@ DRIVER_METRICS_PORT_ENV = "KUBETUNE_DRIVER_METRICS_PORT"
 
 def driver_metrics_port(environ: Mapping[str, str] | None = None) -> int:
     """KUBETUNE_DRIVER_METRICS_PORT (0: don't serve), else 9450."""
-    import os
-
     raw = (environ if environ is not None else os.environ).get(DRIVER_METRICS_PORT_ENV, "").strip()
     if not raw:
         return DRIVER_METRICS_PORT
