@@ -133,9 +133,18 @@ fill_wheels() {
   "${py}" "${REPO_ROOT}/hack/images/requirements.py" "${REPO_ROOT}/pyproject.toml" ${extras} > "${WHEELS}/requirements-$1.txt"
   echo "setuptools>=77" >> "${WHEELS}/requirements-$1.txt"
   echo "wheel" >> "${WHEELS}/requirements-$1.txt"
+  # Resolving ~150 requirements against the index takes a minute even with every file present: only
+  # when the requirements changed.
+  if cmp -s "${WHEELS}/requirements-$1.txt" "${WHEELS}/requirements-$1.txt.done"; then
+    log "wheels for ${1} are up to date"
+    return
+  fi
   log "pip download (${1}'s requirements) into ${WHEELS}"
-  PIP_FIND_LINKS="${WHEELS}" "${py}" -m pip download --quiet --dest "${WHEELS}" --requirement "${WHEELS}/requirements-$1.txt" \
-    || log "pip download failed; the build will use the index"
+  if PIP_FIND_LINKS="${WHEELS}" "${py}" -m pip download --quiet --dest "${WHEELS}" --requirement "${WHEELS}/requirements-$1.txt"; then
+    cp "${WHEELS}/requirements-$1.txt" "${WHEELS}/requirements-$1.txt.done"
+  else
+    log "pip download failed; the build will use the index"
+  fi
   log "wheels ready in $(elapsed "${t0}") ($(du -sh "${WHEELS}" | cut -f1))"
 }
 
