@@ -685,3 +685,12 @@ def test_kopfs_diff_base_is_a_digest_that_a_large_spec_cannot_overflow():
     changed = json.loads(json.dumps(big))
     changed["spec"]["trainable"]["config"]["blob"] += "y"
     assert storage.build(body=kopf.Body(changed))["spec"] != essence["spec"]
+
+
+def test_trials_no_worker_group_can_hold_are_refused_before_any_pod_starts():
+    spec = spec_of(trialResources={"cpu": 16, "gpu": 1},
+                   rayCluster={"workerGroups": [{"name": "cpu", "replicas": 2, "cpu": "4", "memory": "8Gi"}]})
+    plan = phases.plan(phases.Observation(name="exp", namespace="ns", generation=1, status={}, now=NOW, spec=spec), Settings())
+    valid = condition(plan.status, "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
+    assert plan.actions == [] and plan.permanent and plan.status["phase"] == Phase.FAILED

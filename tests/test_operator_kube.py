@@ -438,7 +438,9 @@ def test_operator_restarted_at_20_points_creates_no_duplicate_and_loses_no_statu
     the experiments' lives. After every kill: no duplicate child, no status lost.
     """
     names = ["restart-a", "restart-b", "restart-c"]
-    op = operator_factory([namespace], wait=False, **{FAULT_ENV: "1"})
+    # Pods that do not start are re-checked rarely here: this test is about writes, and on a busy machine
+    # re-checks every second (the tests' default) slow the operator's answers to the world's steps.
+    op = operator_factory([namespace], wait=False, KUBETUNE_RECHECK_SECONDS="30", **{FAULT_ENV: "1"})
     for name in names:
         cluster.create(experiment_manifest(name))
     driver_status = {"trials": {"total": 2, "pending": 0, "running": 1, "terminated": 1, "error": 0},
@@ -498,15 +500,21 @@ def test_operator_restarted_at_20_points_creates_no_duplicate_and_loses_no_statu
     for i in range(20):
         if i:
             op.start(wait=False, **{FAULT_ENV: str(1 + i % 3)})
+        # The windows below count from a live operator: on a busy machine its start alone takes seconds.
         try:
-            op.proc.wait(timeout=3)
+            op.wait_live(timeout=60)
+        except AssertionError:
+            if op.proc.poll() is None:
+                raise  # not live and not dead: a real failure
+        try:
+            op.proc.wait(timeout=5)
             by_fault += 1
         except subprocess.TimeoutExpired:
             # Nothing left to write: move the world on, which gives the operator work (and a write to die at).
             try:
                 if not advance():
                     raise subprocess.TimeoutExpired("advance", 0)
-                op.proc.wait(timeout=3)
+                op.proc.wait(timeout=5)
                 by_fault += 1
             except subprocess.TimeoutExpired:
                 op.kill()
@@ -582,6 +590,8 @@ def _run_driver_pod(kube, cluster: Cluster, pod: dict, workdir: Path, ray_addres
         "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "HOME": str(workdir), "KUBECONFIG": str(kubeconfig),
         "KUBETUNE_DATA_DIR": str(workdir / "data"),
     })
+    if os.environ.get("PYTHONPATH"):  # a worktree run (its sources first), as for the operator process
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "KUBETUNE_TEST_SESSION" in os.environ:  # conftest's leftover check finds this session's Ray processes by it
         env["KUBETUNE_TEST_SESSION"] = os.environ["KUBETUNE_TEST_SESSION"]
     kube.set_pod_phase(cluster.ns, pod["metadata"]["name"], "Running")
@@ -887,6 +897,45 @@ def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
     namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
     assert role["rules"] == namespaced
     assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+
+
+def test_an_infeasible_spec_is_refused_with_a_reason_before_any_child(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("toobig", trialResources={"cpu": 16, "gpu": 1}))
+    cluster.wait_phase("toobig", "Failed", op=op)
+    valid = cluster.condition("toobig", "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
+    assert cluster.children("toobig") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    assert [e["reason"] for e in cluster.events("toobig")] == ["Infeasible"]
+
+
+def test_the_log_has_timestamps_and_no_line_per_experiment_per_resync(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_RESYNC_SECONDS="1")
+    cluster.create(experiment_manifest("quiet"))
+    cluster.wait_phase("quiet", "Provisioning", op=op)
+    time.sleep(1)
+    before = op.log_path.read_text().splitlines()
+    time.sleep(4)  # four resyncs of an experiment with nothing to do
+    after = op.log_path.read_text().splitlines()
+    assert after[len(before):] == [], after[len(before):]
+    lines = [line for line in after if line and not line.startswith("=====")]
+    assert lines and all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ", line) for line in lines), lines
+
+
+def test_service_accounts_and_images_the_operator_does_not_allow_are_refused(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_ALLOWED_IMAGE_PREFIXES="registry.example.com/ml/")
+    cluster.create(experiment_manifest("picky", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                           "image": "docker.io/someone/trials:1"},
+                                       rayCluster={"serviceAccountName": "powerful",
+                                                   "head": {"cpu": "1", "memory": "2Gi"}}))
+    cluster.create(experiment_manifest("fine", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                          "image": "registry.example.com/ml/trials:1"}))
+    cluster.wait_phase("picky", "Failed", op=op)
+    valid = cluster.condition("picky", "SpecValid")
+    assert valid["reason"] == "NotAllowed"
+    assert "spec.rayCluster.serviceAccountName" in valid["message"] and "spec.trainable.image" in valid["message"]
+    assert cluster.children("picky") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    cluster.wait_phase("fine", "Provisioning", op=op)
 
 
 # ---------------------------------------------------------------- signals

@@ -41,6 +41,9 @@ def main(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
+        from kubetune.metrics import init_operator_series
+
+        init_operator_series()
         start_http_server(settings.metrics_port)
     scope = "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.watch_namespaces)
     log.info("kubetune operator watching %s; trial image %s", scope, settings.trial_image)
