@@ -154,6 +154,8 @@ build_target() {
   image="localhost/kubetune-${target}:${TAG}"
   archive="${CACHE_DIR}/kubetune-${target}.tar"
   log "buildah bud --target ${target} -t ${image}"
+  local previous
+  previous="$(image_id "${image}")"
   fill_wheels "${target}"
   local volume=(--volume "${WHEELS}:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels)
   [ -f "${HOST_CA}" ] && volume+=(--volume "${HOST_CA}:/etc/ssl/certs/ca-certificates.crt:ro")
@@ -161,6 +163,11 @@ build_target() {
     "${volume[@]}" -f "${REPO_ROOT}/Dockerfile" "${REPO_ROOT}"
   log "built ${image} in $(elapsed "${t0}")"
   id="$(image_id "${image}")"
+  # The image this build replaced: its layers (gigabytes when the dependencies changed) go with it;
+  # the layer cache of the new one stays.
+  if [ -n "${previous}" ] && [ "${previous}" != "${id}" ]; then
+    bah rmi "${previous}" >/dev/null 2>&1 || true
+  fi
   if [ -f "${archive}" ] && [ -f "${archive}.id" ] && [ "$(cat "${archive}.id")" = "${id}" ]; then
     log "${archive} is up to date"
   else
