@@ -133,9 +133,18 @@ fill_wheels() {
   "${py}" "${REPO_ROOT}/hack/images/requirements.py" "${REPO_ROOT}/pyproject.toml" ${extras} > "${WHEELS}/requirements-$1.txt"
   echo "setuptools>=77" >> "${WHEELS}/requirements-$1.txt"
   echo "wheel" >> "${WHEELS}/requirements-$1.txt"
+  # Resolving ~150 requirements against the index takes a minute even with every file present: only
+  # when the requirements changed.
+  if cmp -s "${WHEELS}/requirements-$1.txt" "${WHEELS}/requirements-$1.txt.done"; then
+    log "wheels for ${1} are up to date"
+    return
+  fi
   log "pip download (${1}'s requirements) into ${WHEELS}"
-  PIP_FIND_LINKS="${WHEELS}" "${py}" -m pip download --quiet --dest "${WHEELS}" --requirement "${WHEELS}/requirements-$1.txt" \
-    || log "pip download failed; the build will use the index"
+  if PIP_FIND_LINKS="${WHEELS}" "${py}" -m pip download --quiet --dest "${WHEELS}" --requirement "${WHEELS}/requirements-$1.txt"; then
+    cp "${WHEELS}/requirements-$1.txt" "${WHEELS}/requirements-$1.txt.done"
+  else
+    log "pip download failed; the build will use the index"
+  fi
   log "wheels ready in $(elapsed "${t0}") ($(du -sh "${WHEELS}" | cut -f1))"
 }
 
@@ -145,6 +154,8 @@ build_target() {
   image="localhost/kubetune-${target}:${TAG}"
   archive="${CACHE_DIR}/kubetune-${target}.tar"
   log "buildah bud --target ${target} -t ${image}"
+  local previous
+  previous="$(image_id "${image}")"
   fill_wheels "${target}"
   local volume=(--volume "${WHEELS}:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels)
   [ -f "${HOST_CA}" ] && volume+=(--volume "${HOST_CA}:/etc/ssl/certs/ca-certificates.crt:ro")
@@ -152,6 +163,11 @@ build_target() {
     "${volume[@]}" -f "${REPO_ROOT}/Dockerfile" "${REPO_ROOT}"
   log "built ${image} in $(elapsed "${t0}")"
   id="$(image_id "${image}")"
+  # The image this build replaced: its layers (gigabytes when the dependencies changed) go with it;
+  # the layer cache of the new one stays.
+  if [ -n "${previous}" ] && [ "${previous}" != "${id}" ]; then
+    bah rmi "${previous}" >/dev/null 2>&1 || true
+  fi
   if [ -f "${archive}" ] && [ -f "${archive}.id" ] && [ "$(cat "${archive}.id")" = "${id}" ]; then
     log "${archive} is up to date"
   else
