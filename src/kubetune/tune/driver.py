@@ -214,7 +214,9 @@ def run_experiment(
 ) -> Outcome:
     """Run the experiment to the end, or resume it when its storage already holds it.
 
-    Raises SpecError (bad entrypoint), StorageError (unreachable storage) before any trial starts.
+    Before any trial starts it raises SpecError (bad --storage, entrypoint, a trial that can never be
+    placed), StorageError (unreachable storage) or signals.Interrupted (SIGINT/SIGTERM). A signal while
+    Tune runs ends the run with an "interrupted" Outcome, the state and results saved.
     """
     from ray import tune
 
