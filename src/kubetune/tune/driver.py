@@ -221,7 +221,7 @@ def run_experiment(
     """
     from ray import tune
 
-    from kubetune.tune.space import build_param_space, max_iterations
+    from kubetune.tune.space import build_param_space, build_scheduler, max_iterations
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
     if storage_override:
@@ -246,7 +246,8 @@ def run_experiment(
             parameter_names=list(spec.parameters),
             storage=(storage.uri, storage.root),
             sinks=list(sinks or []),
-            finish_at=max_iterations(spec),
+            # where a trial has finished: stop.maxIterations, else the scheduler's maxT (ASHA defaults it)
+            finish_at=max_iterations(spec) or getattr(build_scheduler(spec), "_max_t", None),
             stopper=stopper,
         )
         signals.on_signal = tracker.request_stop
