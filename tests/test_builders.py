@@ -74,9 +74,9 @@ def test_the_operator_refuses_a_bad_setting_at_start_naming_it():
 def test_every_setting_is_documented_in_the_operator_readme():
     readme = (ROOT / "operator" / "README.md").read_text()
     assert settings_table() in readme, "operator/README.md: paste the output of kubetune.controller.settings.settings_table()"
-    deployment = (ROOT / "operator" / "deployment.yaml").read_text()
+    deployment = (ROOT / "charts" / "kubetune" / "templates" / "deployment.yaml").read_text()
     for variable in re.findall(r"name: (KUBETUNE_\w+)", deployment):
-        assert f"`{variable}`" in settings_table(), f"deployment.yaml sets {variable}, which is no setting"
+        assert f"`{variable}`" in settings_table(), f"the chart's deployment.yaml sets {variable}, which is no setting"
 
 
 # ---------------------------------------------------------------- names and labels
@@ -685,3 +685,12 @@ def test_kopfs_diff_base_is_a_digest_that_a_large_spec_cannot_overflow():
     changed = json.loads(json.dumps(big))
     changed["spec"]["trainable"]["config"]["blob"] += "y"
     assert storage.build(body=kopf.Body(changed))["spec"] != essence["spec"]
+
+
+def test_trials_no_worker_group_can_hold_are_refused_before_any_pod_starts():
+    spec = spec_of(trialResources={"cpu": 16, "gpu": 1},
+                   rayCluster={"workerGroups": [{"name": "cpu", "replicas": 2, "cpu": "4", "memory": "8Gi"}]})
+    plan = phases.plan(phases.Observation(name="exp", namespace="ns", generation=1, status={}, now=NOW, spec=spec), Settings())
+    valid = condition(plan.status, "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
+    assert plan.actions == [] and plan.permanent and plan.status["phase"] == Phase.FAILED

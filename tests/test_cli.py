@@ -112,7 +112,7 @@ def test_run_on_a_wrong_kind_says_why(tmp_path):
     path.write_text("apiVersion: kubetune.io/v1alpha1\nkind: TuneExperiments\nmetadata: {name: x}\nspec: {}\n")
     result = kubetune("run", path)
     assert result.returncode == exitcodes.BAD_SPEC
-    assert "  kind: " in result.stderr and "TuneExperiments" in result.stderr and "found 0" not in result.stderr
+    assert "kind: got 'TuneExperiments'; did you mean `TuneExperiment`?" in result.stderr and "found 0" not in result.stderr
 
 
 # ---------------------------------------------------------------- point 12: plain output, quiet logs, ./dev --help

@@ -1,7 +1,7 @@
 """The operator against a real kube-apiserver + kube-controller-manager (tests/envtest.py).
 
 The operator runs as `kubetune operator` in a subprocess with the kubeconfig of its service account,
-bound to the ClusterRole in operator/rbac.yaml: a permission the manifests lack fails a test. There
+bound to the chart's ClusterRole (charts/kubetune, rendered by helm): a permission the chart lacks fails a test. There
 is no KubeRay and no kubelet: the tests play them (RayCluster status, pod status), and the Job
 controller and garbage collector are the real ones. One test runs the driver pod's real command
 against a local Ray head and moto's S3.
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 import urllib.request
@@ -31,8 +32,8 @@ from kubetune.controller import builders
 from kubetune.controller.settings import Settings
 from tests.envtest import REPO_ROOT, wait_until
 from tests.operator_fixtures import (
-    USER_ROLES_FILE, VENV_BIN, Cluster, _create, _kill_group, can_i, driver_kubeconfig, experiment_manifest, free_port,
-    local_ray_head, namespaced_operator_kubeconfig, rbac_documents, rules_review,
+    VENV_BIN, Cluster, _create, _kill_group, can_i, driver_kubeconfig, experiment_manifest, free_port,
+    local_ray_head, namespaced_operator_kubeconfig, rbac_documents, rules_review, user_role_documents,
 )
 
 pytestmark = [pytest.mark.kube]
@@ -43,7 +44,7 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.
 
 @pytest.fixture
 def driver_rbac(kube, namespace, tmp_path):
-    """The driver's ServiceAccount, Role and RoleBinding (operator/rbac.yaml) in the test namespace."""
+    """The drivers' ServiceAccount, Role and RoleBinding (the chart's) in the test namespace."""
     return driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
 
 
@@ -437,7 +438,9 @@ def test_operator_restarted_at_20_points_creates_no_duplicate_and_loses_no_statu
     the experiments' lives. After every kill: no duplicate child, no status lost.
     """
     names = ["restart-a", "restart-b", "restart-c"]
-    op = operator_factory([namespace], wait=False, **{FAULT_ENV: "1"})
+    # Pods that do not start are re-checked rarely here: this test is about writes, and on a busy machine
+    # re-checks every second (the tests' default) slow the operator's answers to the world's steps.
+    op = operator_factory([namespace], wait=False, KUBETUNE_RECHECK_SECONDS="30", **{FAULT_ENV: "1"})
     for name in names:
         cluster.create(experiment_manifest(name))
     driver_status = {"trials": {"total": 2, "pending": 0, "running": 1, "terminated": 1, "error": 0},
@@ -497,15 +500,21 @@ def test_operator_restarted_at_20_points_creates_no_duplicate_and_loses_no_statu
     for i in range(20):
         if i:
             op.start(wait=False, **{FAULT_ENV: str(1 + i % 3)})
+        # The windows below count from a live operator: on a busy machine its start alone takes seconds.
         try:
-            op.proc.wait(timeout=3)
+            op.wait_live(timeout=60)
+        except AssertionError:
+            if op.proc.poll() is None:
+                raise  # not live and not dead: a real failure
+        try:
+            op.proc.wait(timeout=5)
             by_fault += 1
         except subprocess.TimeoutExpired:
             # Nothing left to write: move the world on, which gives the operator work (and a write to die at).
             try:
                 if not advance():
                     raise subprocess.TimeoutExpired("advance", 0)
-                op.proc.wait(timeout=3)
+                op.proc.wait(timeout=5)
                 by_fault += 1
             except subprocess.TimeoutExpired:
                 op.kill()
@@ -581,6 +590,8 @@ def _run_driver_pod(kube, cluster: Cluster, pod: dict, workdir: Path, ray_addres
         "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "HOME": str(workdir), "KUBECONFIG": str(kubeconfig),
         "KUBETUNE_DATA_DIR": str(workdir / "data"),
     })
+    if os.environ.get("PYTHONPATH"):  # a worktree run (its sources first), as for the operator process
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "KUBETUNE_TEST_SESSION" in os.environ:  # conftest's leftover check finds this session's Ray processes by it
         env["KUBETUNE_TEST_SESSION"] = os.environ["KUBETUNE_TEST_SESSION"]
     kube.set_pod_phase(cluster.ns, pod["metadata"]["name"], "Running")
@@ -861,7 +872,7 @@ def test_a_namespaced_install_with_roles_only_runs_experiments_and_reaches_nothi
 def test_users_get_kubetune_edit_and_view_through_the_aggregated_roles(kube, namespace):
     import kubernetes.client
 
-    for doc in rbac_documents(USER_ROLES_FILE):
+    for doc in user_role_documents():
         _create(kube, doc)
     with kube.api_client() as client:
         rbac = kubernetes.client.RbacAuthorizationV1Api(client)
@@ -885,7 +896,60 @@ def test_users_get_kubetune_edit_and_view_through_the_aggregated_roles(kube, nam
 
 def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
     cluster_role = next(d for d in rbac_documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubetune-operator")
-    role = next(d for d in rbac_documents(REPO_ROOT / "operator" / "rbac-namespaced.yaml") if d["kind"] == "Role")
+    role = next(d for d in rbac_documents(["default"]) if d["kind"] == "Role")
     namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
     assert role["rules"] == namespaced
     assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+
+
+def test_an_infeasible_spec_is_refused_with_a_reason_before_any_child(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace])
+    cluster.create(experiment_manifest("toobig", trialResources={"cpu": 16, "gpu": 1}))
+    cluster.wait_phase("toobig", "Failed", op=op)
+    valid = cluster.condition("toobig", "SpecValid")
+    assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
+    assert cluster.children("toobig") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    assert [e["reason"] for e in cluster.events("toobig")] == ["Infeasible"]
+
+
+def test_the_log_has_timestamps_and_no_line_per_experiment_per_resync(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_RESYNC_SECONDS="1")
+    cluster.create(experiment_manifest("quiet"))
+    cluster.wait_phase("quiet", "Provisioning", op=op)
+    time.sleep(1)
+    before = op.log_path.read_text().splitlines()
+    time.sleep(4)  # four resyncs of an experiment with nothing to do
+    after = op.log_path.read_text().splitlines()
+    assert after[len(before):] == [], after[len(before):]
+    lines = [line for line in after if line and not line.startswith("=====")]
+    assert lines and all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ", line) for line in lines), lines
+
+
+def test_service_accounts_and_images_the_operator_does_not_allow_are_refused(kube, namespace, cluster, operator_factory):
+    op = operator_factory([namespace], KUBETUNE_ALLOWED_IMAGE_PREFIXES="registry.example.com/ml/")
+    cluster.create(experiment_manifest("picky", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                           "image": "docker.io/someone/trials:1"},
+                                       rayCluster={"serviceAccountName": "powerful",
+                                                   "head": {"cpu": "1", "memory": "2Gi"}}))
+    cluster.create(experiment_manifest("fine", trainable={"entrypoint": "kubetune_trials.mnist:train",
+                                                          "image": "registry.example.com/ml/trials:1"}))
+    cluster.wait_phase("picky", "Failed", op=op)
+    valid = cluster.condition("picky", "SpecValid")
+    assert valid["reason"] == "NotAllowed"
+    assert "spec.rayCluster.serviceAccountName" in valid["message"] and "spec.trainable.image" in valid["message"]
+    assert cluster.children("picky") == {"RayCluster": 0, "Job": 0, "ConfigMap": 0}
+    cluster.wait_phase("fine", "Provisioning", op=op)
+
+
+# ---------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_operator_stops_on_sigterm_and_sigint_with_their_exit_codes(kube, namespace, operator_factory, signum, code):
+    # What Kubernetes sends a pod it deletes or evicts: a graceful stop that says it was stopped, not "done".
+    op = operator_factory([namespace])
+    started = time.monotonic()
+    os.kill(op.proc.pid, signum)
+    assert op.proc.wait(15) == code, op.tail()
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in op.tail(200)

@@ -59,3 +59,22 @@ def test_operator_extra_needs_neither_ray_nor_torch():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     operator = " ".join(extras["operator"])
     assert "ray" not in operator and "torch" not in operator
+
+
+def _file_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_metrics_module_imports_only_prometheus_client():
+    """The operator (no Ray, no torch) and the driver share kubetune.metrics; the trial helpers load nothing heavy."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    src = ROOT / "src" / "kubetune"
+    assert _file_imports(src / "metrics.py") - stdlib == {"prometheus_client"}
+    assert _file_imports(src / "dashboards.py") - stdlib == {"kubetune"}
+    assert _file_imports(src / "trial_stats.py") - stdlib == set()

@@ -113,24 +113,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             text = text.replace("spec.storage.uri:", "--storage (spec.storage.uri):")
         _err(text)
         return exitcodes.BAD_SPEC
+    from kubetune.metrics import driver_metrics_port
     from kubetune.tune.driver import run_experiment
     from kubetune.tune.progress import LiveProgress, make_console, print_outcome
     from kubetune.tune.signals import Interrupted, exit_code
     from kubetune.tune.storage import StorageError
+    from kubetune.tune.telemetry import serve_or_warn
 
     console = make_console()
     name = experiment.metadata.name
+    try:
+        port = driver_metrics_port() if args.metrics_port is None else args.metrics_port
+    except ValueError as exc:
+        _err(str(exc))
+        return exitcodes.BAD_SPEC
+    served = None if args.no_metrics else serve_or_warn(port, "127.0.0.1", _err)
 
     def announce(info: dict) -> None:
         verb = "Resuming" if info["restored"] else "Starting"
         console.print(f"{verb} experiment [bold]{name}[/]: {info['budget']} trial(s), storage {info['experiment_uri']}",
                       highlight=False)
+        if served:
+            console.print(f"Metrics: http://127.0.0.1:{served[1]}/metrics", highlight=False)
 
     try:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
                 experiment, sinks=[progress], num_cpus=args.num_cpus,
-                on_start=announce, verbose=args.verbose,
+                on_start=announce, verbose=args.verbose, metrics=not args.no_metrics,
             )
     except SpecError as exc:
         _err(exc.render())
@@ -142,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         _err(f"interrupted by {signal.Signals(signum).name} before any trial started; run the same command again to start")
         return exit_code(signum)
+    finally:
+        if served:
+            served[0].shutdown()
     print_outcome(console, outcome)
     if outcome.status == "succeeded":
         console.print(f"[green]{outcome.message}[/]", highlight=False)
@@ -174,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="tiny data, 2 trials, 2 iterations, CPU only: check that the experiment runs")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     run.add_argument("--verbose", action="store_true", help="let Ray's, Tune's and the searchers' own log lines through")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve Prometheus metrics of the driver and trials on 127.0.0.1:PORT/metrics during the run "
+                          "(default 9450 or KUBETUNE_DRIVER_METRICS_PORT; 0: don't serve)")
+    run.add_argument("--no-metrics", action="store_true", help="neither collect nor serve metrics")
     run.set_defaults(func=_with_extras("run", cmd_run))
 
     validate = sub.add_parser("validate", help="check TuneExperiment files; every error with its field path")

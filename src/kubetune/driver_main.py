@@ -229,6 +229,9 @@ def _main(args: argparse.Namespace) -> tuple[int, str]:
             log.info(summary_line(snapshot))
 
     sinks = [progress_line] + ([patcher] if patcher else [])
+    from kubetune.tune.telemetry import serve_from_env
+
+    serve_from_env(log.warning)  # driver and trial metrics, on the driver pod's port named `metrics`
     node = None
     address = args.address or os.environ.get("RAY_ADDRESS")
     with StopSignals() as signals:  # a signal while joining the Ray cluster ends the driver with 130 / 143 too

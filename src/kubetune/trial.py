@@ -31,9 +31,12 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+from kubetune.trial_stats import RESULT_KEY, TrialStats, directory_bytes
 
 STATE_FILE = "state.pt"
 META_FILE = "kubetune.json"
@@ -58,6 +61,7 @@ class TrialContext:
 
 _context = TrialContext()
 _iteration = 0
+_stats = TrialStats()
 
 # Added to a trial's first result: the sampled parameters its trainable had not read by then.
 UNREAD_KEY = "kubetune_unread_parameters"
@@ -151,9 +155,10 @@ def context() -> TrialContext:
 
 def bind(ctx: TrialContext | Mapping[str, Any], iteration: int = 0) -> None:
     """Install a context, e.g. in each TorchTrainer worker from the trial's `context().to_dict()`."""
-    global _context, _iteration
+    global _context, _iteration, _stats
     _context = ctx if isinstance(ctx, TrialContext) else TrialContext(**ctx)
     _iteration = iteration
+    _stats = TrialStats()
 
 
 def iteration() -> int:
@@ -196,15 +201,18 @@ def report(
     state: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     *,
     final: bool = False,
+    samples: int | None = None,
 ) -> None:
     """Report one iteration's metrics; checkpoint `state` when the experiment asks for it.
 
     Pass `final=True` on the last iteration so that `checkpoint.atEnd` is honoured even when the
-    trainable decides its own number of iterations.
+    trainable decides its own number of iterations, and `samples` (training samples of this
+    iteration) for the kubetune_trial_samples_per_second metric.
     """
     global _iteration, _watched
     _iteration += 1
     metrics = dict(metrics)
+    _stats.samples = samples
     if _watched is not None:  # once, with the first result of this process
         config, names = _watched
         _watched = None
@@ -216,8 +224,12 @@ def report(
         return
     with tempfile.TemporaryDirectory(prefix="kubetune-ckpt-") as tmp:
         if _is_checkpoint_writer():
+            start = time.perf_counter()
             save_state(tmp, state() if callable(state) else state)
+            saved = time.perf_counter()
+            _stats.checkpoint = (saved - start, directory_bytes(tmp))
             _ray_report(metrics, tmp)
+            _stats.pending_upload_s = time.perf_counter() - saved
         else:
             _ray_report(metrics, None)
 
@@ -299,6 +311,9 @@ def _is_checkpoint_writer() -> bool:
 
 
 def _ray_report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    stats = _stats.collect()
+    if stats and RESULT_KEY not in metrics:  # only when there is something to say
+        metrics = {**metrics, RESULT_KEY: stats}
     if _in_tune_function():
         from ray import tune
 

@@ -163,6 +163,7 @@ def fit(
 
     # Fault injection to try out `failure.maxRetries`: fail at this iteration, unless resumed.
     fail_at = config.get("fail_at")
+    samples = _samples_per_epoch(recipe, train_sampler)
 
     for epoch in range(start, recipe.epochs):
         if fail_at is not None and epoch + 1 == int(fail_at) and not state:
@@ -182,7 +183,16 @@ def fit(
             # Evaluated only when this epoch is checkpointed.
             state=lambda: snapshot(model, optimizer, scaler, epoch),
             final=(epoch == recipe.epochs - 1),
+            samples=samples,
         )
+
+
+def _samples_per_epoch(recipe: Recipe, sampler) -> int:
+    """Training samples of one epoch over all workers (for kubetune_trial_samples_per_second)."""
+    per_worker = len(sampler) if sampler is not None else len(recipe.train_set)
+    if recipe.max_train_samples:
+        per_worker = min(per_worker, recipe.max_train_samples)
+    return per_worker * (sampler.num_replicas if sampler is not None else 1)
 
 
 def snapshot(model: nn.Module, optimizer, scaler, epoch: int) -> dict[str, Any]:

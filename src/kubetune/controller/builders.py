@@ -18,6 +18,7 @@ from typing import Any
 from kubetune.api import exitcodes
 from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PodOverlay, TuneExperimentSpec
 from kubetune.controller.settings import Settings
+from kubetune.metrics import DRIVER_METRICS_PORT
 
 # -- names, labels, annotations (other parts rely on them: DESIGN.md)
 
@@ -353,6 +354,7 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
         "command": driver_command(experiment, namespace)[:2],
         "args": driver_command(experiment, namespace)[2:],
         "env": env,
+        "ports": [{"containerPort": DRIVER_METRICS_PORT, "name": "metrics"}],  # driver and trial metrics
         "resources": {
             "requests": {"cpu": settings.driver_cpu, "memory": settings.driver_memory},
             "limits": {"memory": settings.driver_memory},

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import kopf
 
 from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PLURAL
-from kubetune.controller import builders, metrics
+from kubetune import metrics
+from kubetune.controller import builders
 from kubetune.controller.kube import Kube
 from kubetune.controller.reconcile import reconcile, reconcile_by_name
 from kubetune.controller.settings import Settings
@@ -90,12 +91,10 @@ def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
         return clients["kube"]
 
     def run(body: Any, trigger: str):
-        try:
+        with metrics.reconciling(trigger):
             plan = reconcile(kube(), body, settings)
-        except Exception:
-            metrics.RECONCILES.labels(trigger, "error").inc()
-            raise
-        metrics.RECONCILES.labels(trigger, "ok").inc()
+        if plan is not None and plan.permanent:
+            metrics.METRICS["kubetune_operator_reconcile_errors"].labels("invalid_spec").inc()
         return plan
 
     def reconcile_or_raise(body: Any, trigger: str, retry: int = 0) -> None:
@@ -164,10 +163,9 @@ def register(settings: Settings, kube_factory: Callable[[], Kube] = Kube,
     def by_name(namespace: str, name: str, trigger: str) -> None:
         """Reconcile outside kopf's handlers (no kopf retries there): log errors, schedule the waits."""
         try:
-            plan = reconcile_by_name(kube(), namespace, name, settings)
-            metrics.RECONCILES.labels(trigger, "ok").inc()
+            with metrics.reconciling(trigger):
+                plan = reconcile_by_name(kube(), namespace, name, settings)
         except Exception as exc:  # the next event, or the resync, tries again; other experiments go on
-            metrics.RECONCILES.labels(trigger, "error").inc()
             log.warning("reconciling %s/%s after a %s event failed: %s", namespace, name, trigger, exc)
             return
         if plan is not None and plan.retry_after:

@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kubetune import metrics
 from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kubetune.controller import builders
 
@@ -69,7 +70,7 @@ class Kube:
     """The operator's API calls. Thread-safe (kopf runs sync handlers in a thread pool)."""
 
     def __init__(self, api_client: client.ApiClient | None = None):
-        self.api_client = api_client or load_config()
+        self.api_client = metrics.instrument_api_client(api_client or load_config())
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)

@@ -25,6 +25,7 @@ from typing import Any
 
 from kubetune.api import exitcodes
 from kubetune.api.errors import FieldIssue
+from kubetune.api.feasibility import infeasible, nodes_from_spec
 from kubetune.api.spec import ObjectMeta, TuneExperimentSpec
 from kubetune.api.status import ConditionType, Phase, Reason
 from kubetune.controller import builders
@@ -468,7 +469,7 @@ def plan(obs: Observation, settings: Settings) -> Plan:
         elif ready and obs.driver_service_account_exists is False:
             js = ChildState("pending", Reason.SERVICE_ACCOUNT_NOT_FOUND, (
                 f"ServiceAccount {settings.driver_service_account!r} not found in namespace {obs.namespace}: the driver "
-                "pod cannot start; apply the kubetune-driver ServiceAccount, Role and RoleBinding (operator/rbac.yaml) here"))
+                "pod cannot start; the Helm chart creates it with its Role and RoleBinding in driverRBAC.namespaces: add this namespace"))
             retry = settings.recheck_seconds
         elif ready:
             actions.append(Action("create_job", "Job", job_name,
@@ -571,7 +572,9 @@ def admission_issues(name: str, spec: TuneExperimentSpec, settings: Settings) ->
             policy.append(FieldIssue(path, (
                 f"image {image!r} is not allowed by the operator: it must start with one of "
                 f"{', '.join(settings.allowed_image_prefixes) or '(none)'} (KUBETUNE_ALLOWED_IMAGE_PREFIXES)")))
-    return [(Reason.INVALID_NAME, name_issues), (Reason.NOT_ALLOWED, policy)]
+    # Trials no worker group can ever hold: refused before any pod (and GPU) starts.
+    unplaceable = infeasible(spec, nodes_from_spec(spec))
+    return [(Reason.INVALID_NAME, name_issues), (Reason.NOT_ALLOWED, policy), (Reason.INFEASIBLE, unplaceable)]
 
 
 def _invalid(d: _Draft, issues: list[FieldIssue], reason: str) -> Plan:

@@ -17,7 +17,8 @@ import kopf
 
 from kubetune.api.errors import FieldIssue, SpecError
 from kubetune.api.load import load_spec
-from kubetune.controller import builders, metrics, phases
+from kubetune import metrics
+from kubetune.controller import builders, phases
 from kubetune.controller.kube import Kube, Refused
 from kubetune.controller.settings import Settings
 
@@ -84,10 +85,12 @@ def apply_action(kube: Kube, action: phases.Action, owner: Mapping[str, Any], na
         manifest = dict(action.body or {})
         kopf.adopt(manifest, owner=owner)  # owner reference (controller) + namespace, for GC on deletion
         kube.create(manifest)
+        metrics.METRICS["kubetune_operator_children_created"].labels(action.kind).inc()
     elif action.verb.startswith("patch_") or action.verb == "repair":
         kube.patch(action.kind, namespace, action.name, action.body or {})
     elif action.verb.startswith("delete_"):
         kube.delete(action.kind, namespace, action.name)
+        metrics.METRICS["kubetune_operator_children_deleted"].labels(action.kind).inc()
     else:
         raise ValueError(f"unknown action {action.verb}")
 
@@ -100,6 +103,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
         # Re-read under the lock: a body handed over by kopf may be older than another thread's patch.
         fresh = kube.get_experiment(namespace, name)
         if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+            metrics.METRICS.experiments.observe(namespace, name, None)
             return None  # ownerReferences and the garbage collector remove the children
         obs = observe(kube, fresh, settings)
         plan = phases.plan(obs, settings)
@@ -109,16 +113,19 @@ def reconcile(kube: Kube, body: Mapping[str, Any], settings: Settings) -> phases
                 apply_action(kube, action, fresh, namespace)
             except Refused as exc:  # the others still go ahead; this one is reported and retried later
                 refusals.append(phases.Refusal(action.kind, action.name, exc.verb, exc.status, exc.message))
+                metrics.METRICS["kubetune_operator_reconcile_errors"].labels(metrics.status_reason(exc.status)).inc()
         if refusals:
             plan = phases.refused(plan, obs, refusals, settings)
-        patch = phases.status_patch(obs.status, plan.status)
-        if patch:
-            kube.patch_experiment_status(namespace, name, patch)
+        # Events before the status: whoever sees the new phase also finds the event that explains it.
         for type_, reason, message in plan.events:
             kube.post_event(fresh, type_, reason, message)
             log.info("%s/%s: %s %s", namespace, name, reason, message)
+        patch = phases.status_patch(obs.status, plan.status)
+        if patch:
+            kube.patch_experiment_status(namespace, name, patch)
         if "phase" in patch:
-            metrics.PHASE_TRANSITIONS.labels(phase=plan.status.get("phase", "")).inc()
+            metrics.METRICS["kubetune_operator_phase_transitions"].labels(plan.status.get("phase", "")).inc()
+        metrics.METRICS.experiments.observe(namespace, name, plan.status.get("phase") or obs.status.get("phase"))
         return plan
 
 

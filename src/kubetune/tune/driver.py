@@ -212,6 +212,7 @@ def run_experiment(
     num_cpus: int | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
+    metrics: bool = True,
 ) -> Outcome:
     """Run the experiment to the end, or resume it when its storage already holds it.
 
@@ -222,6 +223,7 @@ def run_experiment(
     from ray import tune
 
     from kubetune.tune.space import build_param_space, build_scheduler, max_iterations
+    from kubetune.tune.telemetry import observer_for
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
     if storage_override:
@@ -251,6 +253,7 @@ def run_experiment(
             stopper=stopper,
         )
         signals.on_signal = tracker.request_stop
+        callbacks = [tracker, observer_for(experiment, storage, tracker.budget, export=metrics)]
         experiment_path = storage.experiment_path(name)
         experiment_uri = storage.experiment_uri(name)
         restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)
@@ -268,7 +271,7 @@ def run_experiment(
             # stopper replace the old ones (the pickled stopper unpickles to the active one, see
             # ObjectiveStopper), and a raised numSamples extends the search.
             local = tuner._local_tuner
-            local.get_run_config().callbacks = [tracker]
+            local.get_run_config().callbacks = callbacks
             local.get_run_config().stop = stopper
             local._tune_config.search_alg.extend_to = tracker.budget
         else:
@@ -276,7 +279,7 @@ def run_experiment(
                 trainable,
                 param_space=param_space,
                 tune_config=build_tune_config(spec),
-                run_config=build_run_config(spec, name, storage, [tracker], stopper),
+                run_config=build_run_config(spec, name, storage, callbacks, stopper),
             )
         if on_start:
             on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})

@@ -29,7 +29,7 @@ AUTO_RESULT_KEYS = {
 # iteration; it lives in the trial's last result, so the experiment state keeps it across a resume.
 EARLY_STOP_KEY = "kubetune_early_stopped"
 UNREAD_KEY = "kubetune_unread_parameters"  # kubetune.trial.UNREAD_KEY (the driver does not import the trial API)
-AUTO_RESULT_KEYS |= {EARLY_STOP_KEY, UNREAD_KEY}
+AUTO_RESULT_KEYS |= {EARLY_STOP_KEY, UNREAD_KEY, "_kubetune"}  # the last: kubetune.trial_stats.RESULT_KEY
 
 
 class TrialState:
