@@ -6,8 +6,10 @@
    alternated round by round. All share one embedded Ray started before timing, so each wall time
    is the experiment itself, not Ray's start-up.
 2. ASHA against FIFO on the quickstart: iterations consumed, wall time and best accuracy.
+3. S3 against local storage on the quickstart: wall time with moto's S3 server over local storage
+   (target <= 1.10), and the S3 requests the run makes per trial-iteration (moto's access log).
 
-    ./dev bench [--rounds N] [--skip-asha]
+    ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3]
 """
 
 from __future__ import annotations
@@ -125,11 +127,82 @@ def asha_vs_fifo(rounds: int) -> None:
     print(f"  best accuracy: ASHA {med['asha'][2]:.4f}, FIFO {med['fifo'][2]:.4f}")
 
 
+def _moto(log_path: Path):
+    """moto's S3 server on a free port, its access log (one line per request) in `log_path`."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def _requests(log_path: Path) -> int:
+    return sum(1 for line in log_path.read_text().splitlines() if '" 2' in line or '" 3' in line or '" 4' in line)
+
+
+def s3_vs_local(rounds: int) -> None:
+    import os
+
+    import boto3
+
+    from kubetune.api import load_experiment_file
+    from kubetune.tune.driver import run_experiment
+
+    print("== S3 (moto server) against local storage on examples/quickstart.yaml")
+    for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    log_path = Path(tempfile.mkdtemp(prefix="bench-moto-")) / "access.log"
+    proc, endpoint = _moto(log_path)
+    try:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        walls: dict[str, list[float]] = {"local": [], "s3": []}
+        per_iteration: list[float] = []
+        for r in range(rounds):
+            for name in ("local", "s3"):
+                overrides = [] if name == "local" else [f"spec.storage.endpoint={endpoint}"]
+                experiment = load_experiment_file(ROOT / "examples" / "quickstart.yaml", overrides + (
+                    [f"spec.storage.uri=s3://bench/round{r}"] if name == "s3" else []))
+                before = _requests(log_path)
+                started = time.perf_counter()
+                outcome = run_experiment(experiment, storage_override=(
+                    tempfile.mkdtemp(prefix="bench-local-") if name == "local" else None))
+                wall = time.perf_counter() - started
+                walls[name].append(wall)
+                line = f"  round {r + 1}  {name:5s}: wall {wall:6.2f} s ({outcome.status})"
+                if name == "s3":
+                    requests = _requests(log_path) - before
+                    iterations = sum(t.iteration for t in outcome.snapshot.trials) or 1
+                    per_iteration.append(requests / iterations)
+                    line += f", {requests} S3 requests for {iterations} trial-iterations ({requests / iterations:.2f} per trial-iteration)"
+                print(line, flush=True)
+        med = {k: statistics.median(v) for k, v in walls.items()}
+        print(f"  S3 / local wall                   = {med['s3'] / med['local']:.2f}   (target <= 1.10)")
+        print(f"  S3 requests per trial-iteration   = {statistics.median(per_iteration):.2f}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-asha", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-s3", action="store_true")
     args = parser.parse_args()
 
     from kubetune.tune.driver import ensure_ray
@@ -139,6 +212,8 @@ def main() -> int:
         overhead_bench(args.rounds)
     if not args.skip_asha:
         asha_vs_fifo(args.rounds)
+    if not args.skip_s3:
+        s3_vs_local(args.rounds)
     return 0
 
 

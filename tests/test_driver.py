@@ -410,3 +410,18 @@ def test_a_trial_waiting_for_resources_is_reported_with_rays_pending_demand(ray_
     line = next(summary_line(s) for s in seen if any(t.pending_reason for t in s.trials))
     assert " waiting: Ray cannot place 1 x (2 CPU) yet" in line
     assert all(t.pending_reason is None for t in outcome.snapshot.trials)  # nothing waits at the end
+
+
+def test_s3_skips_the_instance_metadata_service_unless_it_is_the_only_credential_source(tmp_path):
+    from kubetune.api.spec import Storage
+    from kubetune.tune.storage import skip_instance_metadata
+
+    aws = Storage.model_validate({"uri": "s3://bucket/x"})
+    minio = Storage.model_validate({"uri": "s3://bucket/x", "endpoint": "http://minio:9000"})
+    keys = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    assert skip_instance_metadata(minio, {}) and skip_instance_metadata(aws, keys)
+    assert skip_instance_metadata(aws, {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token"})
+    (tmp_path / "AWS_ACCESS_KEY_ID").write_text("k")  # a mounted Secret
+    assert skip_instance_metadata(aws, {"KUBETUNE_S3_SECRET_DIR": str(tmp_path)})
+    assert not skip_instance_metadata(aws, {})  # an EC2 instance profile is the only source
+    assert not skip_instance_metadata(minio, {"AWS_EC2_METADATA_DISABLED": "false"})  # the user decides

@@ -650,7 +650,9 @@ def test_end_to_end_quickstart_on_a_local_ray_head_and_s3(kube, namespace, clust
         status = cluster.wait_phase(name, "Succeeded", timeout=60, op=op)
         wait_for(lambda: cluster.raycluster(name) is None, "the RayCluster to be deleted", op=op)
 
-        assert status["trials"]["total"] == 2 and status["trials"]["terminated"] == 2 and status["progress"] == "2/2"
+        # ASHA may stop one of them early: that is its own state now (stopped), not "terminated"
+        assert status["trials"]["total"] == 2 and status["progress"] == "2/2"
+        assert status["trials"]["terminated"] + status["trials"]["stopped"] == 2
         best = status["bestTrial"]
         assert 0 < best["metric"] <= 1 and set(best["config"]) >= {"lr", "momentum"}
         assert status["resultsUri"] == f"s3://{bucket}/experiments/{name}/kubetune-results.json"
@@ -673,7 +675,8 @@ def test_end_to_end_quickstart_on_a_local_ray_head_and_s3(kube, namespace, clust
         status = cluster.wait_phase(name, "Succeeded", timeout=60, op=op)
         more_s = time.monotonic() - t_more
     wait_for(lambda: cluster.raycluster(name) is None, "the RayCluster to be deleted", op=op)
-    assert status["trials"]["total"] == 3 and status["trials"]["terminated"] == 3 and status["progress"] == "3/3"
+    assert status["trials"]["total"] == 3 and status["progress"] == "3/3"
+    assert status["trials"]["terminated"] + status["trials"]["stopped"] == 3
     assert "resuming" in (tmp_path / "pod2" / "driver.log").read_text()
     assert status["bestTrial"]["metric"] >= best["metric"]
     keys = [o["Key"] for o in boto3.client(

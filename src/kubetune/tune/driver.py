@@ -6,6 +6,7 @@ The same code runs behind `kubetune run` (an embedded Ray on this machine) and `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -215,11 +216,13 @@ def run_experiment(
 ) -> Outcome:
     """Run the experiment to the end, or resume it when its storage already holds it.
 
-    Raises SpecError (bad entrypoint), StorageError (unreachable storage) before any trial starts.
+    Before any trial starts it raises SpecError (bad --storage, entrypoint, a trial that can never be
+    placed), StorageError (unreachable storage) or signals.Interrupted (SIGINT/SIGTERM). A signal while
+    Tune runs ends the run with an "interrupted" Outcome, the state and results saved.
     """
     from ray import tune
 
-    from kubetune.tune.space import build_param_space, max_iterations
+    from kubetune.tune.space import build_param_space, build_scheduler, max_iterations
     from kubetune.tune.telemetry import observer_for
     from kubetune.tune.trainable import build_trainable, import_entrypoint
 
@@ -245,7 +248,8 @@ def run_experiment(
             parameter_names=list(spec.parameters),
             storage=(storage.uri, storage.root),
             sinks=list(sinks or []),
-            finish_at=max_iterations(spec),
+            # where a trial has finished: stop.maxIterations, else the scheduler's maxT (ASHA defaults it)
+            finish_at=max_iterations(spec) or getattr(build_scheduler(spec), "_max_t", None),
             stopper=stopper,
         )
         signals.on_signal = tracker.request_stop
@@ -281,7 +285,8 @@ def run_experiment(
             on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
         log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
         configure_logging(verbose)  # again: the searcher's library is imported by now
-        tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
+        with _env_default(LOGGERS_OFF_ENV, "1" if storage.is_s3 else None):
+            tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
         signals.phase = "after"
         # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
         snapshot = tracker.snapshot
@@ -290,6 +295,26 @@ def run_experiment(
         _write_results(storage, name, spec, outcome)
         outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
         return outcome
+
+
+# Tune's per-trial logger files (result.json, progress.csv, params.*, TensorBoard events) live in the
+# experiment folder, and every experiment-state save uploads that whole folder again: on S3 they made
+# 51 requests per trial-iteration on the quickstart (bench/). kubetune-results.json keeps every trial's
+# last result, so on S3 they are off unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
+LOGGERS_OFF_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+@contextlib.contextmanager
+def _env_default(key: str, value: str | None):
+    """`key=value` in the environment for the block, unless the user set `key` (or value is None)."""
+    if value is None or key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def check_feasible(spec: TuneExperimentSpec, cluster: bool) -> None:

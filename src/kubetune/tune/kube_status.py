@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SA_DIR_ENV = "KUBETUNE_SERVICE_ACCOUNT_DIR"  # tests point it at a minted token; pods have the default
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class KubeConfigError(Exception):
@@ -77,11 +78,12 @@ def _ssl_context(ca_file: str | None = None, ca_data: bytes | None = None, insec
 def in_cluster() -> ApiServer | None:
     """The API server as a pod sees it (KUBERNETES_SERVICE_HOST and the mounted service account)."""
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token = SA_DIR / "token"
+    sa_dir = Path(os.environ.get(SA_DIR_ENV) or SA_DIR)
+    token = sa_dir / "token"
     if not host or not token.is_file():
         return None
     host = f"[{host}]" if ":" in host else host
-    ca = SA_DIR / "ca.crt"
+    ca = sa_dir / "ca.crt"
     return ApiServer(f"https://{host}:{port}", _ssl_context(str(ca) if ca.is_file() else None),
                      token_file=str(token))
 

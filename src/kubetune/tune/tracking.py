@@ -164,7 +164,8 @@ _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrup
 
 def parse_error_text(text: str, keep: int = 8) -> dict[str, Any]:
     """A traceback as text -> {"type", "message", "traceback"}: the last exception line and the lines before it."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
+    lines = [line.rstrip() for line in text.splitlines()
+             if line.strip(" ^~") and not line.startswith(("Failure # ", "ray::"))]  # no carets, no Ray process titles
     for i in range(len(lines) - 1, -1, -1):
         match = _EXCEPTION_LINE.match(lines[i].strip())
         if match and not lines[i].startswith(" "):
