@@ -82,7 +82,8 @@ echo "${DRIVER}" > "${CACHE_DIR}/DRIVER"  # for tests/test_images.py
 STORE=(--root "${CACHE_DIR}/storage-${DRIVER}" --runroot "${CACHE_DIR}/run-${DRIVER}" --storage-driver "${DRIVER}")
 bah() { ${SUDO} buildah "${STORE[@]}" "$@"; }
 
-image_id() { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null | head -1; }
+# Empty when the image does not exist (buildah then exits 125, which pipefail would turn into an exit here).
+image_id() { { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null || true; } | head -1; }
 
 # --- the stand-in base image ------------------------------------------------------------
 build_base() {
