@@ -1,9 +1,11 @@
 """Fixtures and helpers for running the kubetune operator against the real API server (tests/envtest.py).
 
 The operator runs as a subprocess (`kubetune operator`), exactly as in its Deployment, with the
-kubeconfig of the `kubetune-operator` service account bound to the ClusterRole in operator/rbac.yaml:
-a permission the manifests lack fails the test. A subprocess can also be SIGKILLed at any point
-and started again, which is what the restart tests do.
+kubeconfig of a service account that has only the RBAC the Helm chart renders (charts/kubetune through
+the real helm, tests/helm.py): the chart's ClusterRole for a cluster-wide install, its Roles for a
+namespaced one (`watchNamespaces`); the driver runs as the chart's drivers' service account. A
+permission the chart lacks fails the test. A subprocess can also be SIGKILLed at any point and
+started again, which is what the restart tests do.
 
 Loaded from tests/conftest.py (`pytest_plugins`).
 """
@@ -32,11 +34,10 @@ import pytest
 import yaml
 
 from tests.envtest import REPO_ROOT, KubeControlPlane, _child_setup_factory, wait_until
+from tests.helm import ensure_helm, render
 
 VENV_BIN = Path(sys.executable).parent
-RBAC_FILE = REPO_ROOT / "operator" / "rbac.yaml"
-NAMESPACED_RBAC_FILE = REPO_ROOT / "operator" / "rbac-namespaced.yaml"
-USER_ROLES_FILE = REPO_ROOT / "operator" / "user-roles.yaml"
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 OPERATOR_NAMESPACE, OPERATOR_SA = "kubetune-system", "kubetune-operator"
 DRIVER_SA = "kubetune-driver"
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "tuneexperiments"
@@ -65,11 +66,23 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- RBAC from operator/rbac.yaml
+# -- RBAC from the chart (charts/kubetune, `helm template` by the real helm)
 
 
-def rbac_documents(path: Path = RBAC_FILE) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+def rbac_documents(namespaces: list[str] | None = None, release: str = "kubetune",
+                   **values: Any) -> list[dict[str, Any]]:
+    """The ServiceAccounts and RBAC the chart renders for release `release` in kubetune-system:
+    cluster-wide, or with `namespaces` the namespaced install (Roles there, nothing cluster-wide)."""
+    ensure_helm()
+    chart_values: dict[str, Any] = {"driverRBAC": {"create": False}, **values}
+    if namespaces:
+        chart_values["watchNamespaces"] = namespaces
+    return [d for d in render(chart_values, namespace=OPERATOR_NAMESPACE, release=release) if d["kind"] in RBAC_KINDS]
+
+
+def user_role_documents() -> list[dict[str, Any]]:
+    """The chart's kubetune-edit / kubetune-view ClusterRoles (aggregated to edit / view)."""
+    return [d for d in rbac_documents() if d["metadata"]["name"] in ("kubetune-edit", "kubetune-view")]
 
 
 def _create(kube: KubeControlPlane, doc: dict[str, Any]) -> None:
@@ -84,25 +97,21 @@ def _create(kube: KubeControlPlane, doc: dict[str, Any]) -> None:
 
 
 def driver_documents(namespace: str) -> list[dict[str, Any]]:
-    """The driver's ServiceAccount, Role and RoleBinding from rbac.yaml, moved into `namespace`."""
-    docs = []
-    for doc in rbac_documents():
-        if doc["metadata"].get("name") == DRIVER_SA and doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            doc = copy.deepcopy(doc)
-            doc["metadata"]["namespace"] = namespace
-            for subject in doc.get("subjects", []):
-                subject["namespace"] = namespace
-            docs.append(doc)
-    assert len(docs) == 3, "rbac.yaml lost the driver's ServiceAccount, Role or RoleBinding"
+    """The drivers' ServiceAccount, Role and RoleBinding the chart renders into `namespace`."""
+    ensure_helm()
+    docs = [d for d in render({"driverRBAC": {"namespaces": [namespace]}}, namespace=OPERATOR_NAMESPACE)
+            if d["kind"] in RBAC_KINDS and d["metadata"]["name"] == DRIVER_SA]
+    assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount"], \
+        "the chart lost the driver's ServiceAccount, Role or RoleBinding"
+    assert all(d["metadata"]["namespace"] == namespace for d in docs)
     return docs
 
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(kube: KubeControlPlane, tmp_path_factory) -> Path:
-    """Apply the operator's RBAC from operator/rbac.yaml; a kubeconfig of its service account."""
+    """The chart's cluster-wide operator RBAC; a kubeconfig of its service account."""
+    kube.create_namespace(OPERATOR_NAMESPACE, wait_for_default_sa=False)  # helm install --create-namespace
     for doc in rbac_documents():
-        if doc["metadata"].get("name") == DRIVER_SA and doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            continue  # per-namespace, see driver_kubeconfig()
         _create(kube, doc)
     path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
     return kube.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, path)
@@ -110,15 +119,15 @@ def operator_kubeconfig(kube: KubeControlPlane, tmp_path_factory) -> Path:
 
 def namespaced_operator_kubeconfig(kube: KubeControlPlane, namespaces: list[str], path: Path,
                                    account: str = "kubetune-operator-ns") -> Path:
-    """A namespaced install: rbac-namespaced.yaml's Role and RoleBinding in each of `namespaces`, bound to
-    a service account of its own (not the cluster-wide one), and no ClusterRole at all."""
-    for namespace in namespaces:
-        for doc in rbac_documents(NAMESPACED_RBAC_FILE):
-            doc = copy.deepcopy(doc)
-            doc["metadata"]["namespace"] = namespace
-            for subject in doc.get("subjects", []):
-                subject["name"] = account
-            _create(kube, doc)
+    """A namespaced install: the chart with `watchNamespaces` (a release of its own, `kubetune-ns`),
+    its Roles and RoleBindings in each of `namespaces`, bound to a service account of its own (not the
+    cluster-wide one), and no ClusterRole at all."""
+    docs = rbac_documents(namespaces, release="kubetune-ns", operator={"serviceAccount": {"name": account}},
+                          rbac={"aggregateToDefaultRoles": False})
+    assert not [d for d in docs if d["kind"].startswith("Cluster")], "the namespaced chart grants something cluster-wide"
+    kube.create_namespace(OPERATOR_NAMESPACE, wait_for_default_sa=False)
+    for doc in docs:
+        _create(kube, doc)
     return kube.service_account_kubeconfig(OPERATOR_NAMESPACE, account, path)
 
 

@@ -74,9 +74,9 @@ def test_the_operator_refuses_a_bad_setting_at_start_naming_it():
 def test_every_setting_is_documented_in_the_operator_readme():
     readme = (ROOT / "operator" / "README.md").read_text()
     assert settings_table() in readme, "operator/README.md: paste the output of kubetune.controller.settings.settings_table()"
-    deployment = (ROOT / "operator" / "deployment.yaml").read_text()
+    deployment = (ROOT / "charts" / "kubetune" / "templates" / "deployment.yaml").read_text()
     for variable in re.findall(r"name: (KUBETUNE_\w+)", deployment):
-        assert f"`{variable}`" in settings_table(), f"deployment.yaml sets {variable}, which is no setting"
+        assert f"`{variable}`" in settings_table(), f"the chart's deployment.yaml sets {variable}, which is no setting"
 
 
 # ---------------------------------------------------------------- names and labels

@@ -1,7 +1,7 @@
 """The operator against a real kube-apiserver + kube-controller-manager (tests/envtest.py).
 
 The operator runs as `kubetune operator` in a subprocess with the kubeconfig of its service account,
-bound to the ClusterRole in operator/rbac.yaml: a permission the manifests lack fails a test. There
+bound to the chart's ClusterRole (charts/kubetune, rendered by helm): a permission the chart lacks fails a test. There
 is no KubeRay and no kubelet: the tests play them (RayCluster status, pod status), and the Job
 controller and garbage collector are the real ones. One test runs the driver pod's real command
 against a local Ray head and moto's S3.
@@ -31,8 +31,8 @@ from kubetune.controller import builders
 from kubetune.controller.settings import Settings
 from tests.envtest import REPO_ROOT, wait_until
 from tests.operator_fixtures import (
-    USER_ROLES_FILE, VENV_BIN, Cluster, _create, _kill_group, can_i, driver_kubeconfig, experiment_manifest, free_port,
-    local_ray_head, namespaced_operator_kubeconfig, rbac_documents, rules_review,
+    VENV_BIN, Cluster, _create, _kill_group, can_i, driver_kubeconfig, experiment_manifest, free_port,
+    local_ray_head, namespaced_operator_kubeconfig, rbac_documents, rules_review, user_role_documents,
 )
 
 pytestmark = [pytest.mark.kube]
@@ -43,7 +43,7 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.
 
 @pytest.fixture
 def driver_rbac(kube, namespace, tmp_path):
-    """The driver's ServiceAccount, Role and RoleBinding (operator/rbac.yaml) in the test namespace."""
+    """The drivers' ServiceAccount, Role and RoleBinding (the chart's) in the test namespace."""
     return driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
 
 
@@ -858,7 +858,7 @@ def test_a_namespaced_install_with_roles_only_runs_experiments_and_reaches_nothi
 def test_users_get_kubetune_edit_and_view_through_the_aggregated_roles(kube, namespace):
     import kubernetes.client
 
-    for doc in rbac_documents(USER_ROLES_FILE):
+    for doc in user_role_documents():
         _create(kube, doc)
     with kube.api_client() as client:
         rbac = kubernetes.client.RbacAuthorizationV1Api(client)
@@ -882,7 +882,7 @@ def test_users_get_kubetune_edit_and_view_through_the_aggregated_roles(kube, nam
 
 def test_the_namespaced_role_has_the_cluster_roles_namespaced_rules():
     cluster_role = next(d for d in rbac_documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubetune-operator")
-    role = next(d for d in rbac_documents(REPO_ROOT / "operator" / "rbac-namespaced.yaml") if d["kind"] == "Role")
+    role = next(d for d in rbac_documents(["default"]) if d["kind"] == "Role")
     namespaced = [r for r in cluster_role["rules"] if r["apiGroups"] != ["apiextensions.k8s.io"]]
     assert role["rules"] == namespaced
     assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]]

@@ -468,7 +468,7 @@ def plan(obs: Observation, settings: Settings) -> Plan:
         elif ready and obs.driver_service_account_exists is False:
             js = ChildState("pending", Reason.SERVICE_ACCOUNT_NOT_FOUND, (
                 f"ServiceAccount {settings.driver_service_account!r} not found in namespace {obs.namespace}: the driver "
-                "pod cannot start; apply the kubetune-driver ServiceAccount, Role and RoleBinding (operator/rbac.yaml) here"))
+                "pod cannot start; the Helm chart creates it with its Role and RoleBinding in driverRBAC.namespaces: add this namespace"))
             retry = settings.recheck_seconds
         elif ready:
             actions.append(Action("create_job", "Job", job_name,

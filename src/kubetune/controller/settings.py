@@ -30,7 +30,7 @@ def _setting(default: Any, help: str, env: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """What an operator deployment may change; the chart and operator/deployment.yaml set these."""
+    """What an operator deployment may change; the Helm chart (charts/kubetune) sets these."""
 
     trial_image: str = _setting(
         "ghcr.io/kubetune/kubetune-trial:0.1.0",
@@ -40,7 +40,7 @@ class Settings:
         "IfNotPresent", "imagePullPolicy of every container the operator creates.")
     watch_namespaces: tuple[str, ...] = _setting(
         (), "Comma-separated namespaces to watch; empty watches all namespaces (cluster-wide, needs the "
-        "ClusterRole). With namespaces listed the operator needs only Roles there (operator/rbac-namespaced.yaml) "
+        "ClusterRole). With namespaces listed the operator needs only Roles there (the chart's watchNamespaces) "
         "and reads nothing cluster-wide. `kubetune operator --namespace` overrides it.")
     metrics_port: int = _setting(
         9090, "Port of the operator's Prometheus /metrics endpoint; 0 disables it.")
