@@ -62,9 +62,13 @@ CNI_NETWORK = "kubetune-test"
 DNS_SERVICE_IP = "10.0.0.10"
 PAUSE_IMAGE = "kubetune.local/pause:1"
 GUARD_CHAIN = "KUBETUNE-POD-GUARD"
+# containerd's content and snapshots persist between sessions (a cache: a 3.6 GB image is not
+# unpacked again when unchanged); its state, containers and pods' snapshots do not.
+CONTAINERD_ROOT = CLUSTER_CACHE / "containerd-root"
 
 # A node runs more controllers than the bare control plane: endpoints and slices (Services),
-# pod GC, daemon/stateful sets (charts), the node lifecycle is left out (one node, never lost).
+# pod GC, daemon/stateful sets (charts), and the node lifecycle (it lifts the not-ready taint a
+# kubelet registers its node with).
 CLUSTER_CONTROLLERS = DEFAULT_CONTROLLERS + (
     "endpoints-controller",
     "endpointslice-controller",
@@ -73,6 +77,7 @@ CLUSTER_CONTROLLERS = DEFAULT_CONTROLLERS + (
     "daemonset-controller",
     "statefulset-controller",
     "disruption-controller",
+    "node-lifecycle-controller",
 )
 
 REQUIRED = ("kubelet", "kube-scheduler", "kube-proxy", "coredns", "kuberay-operator")
@@ -114,6 +119,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _archive_manifest(archive: str | os.PathLike) -> tuple[str, str]:
+    """The manifest digest an OCI archive holds (what `ctr images ls` shows once imported) and
+    the name `ctr images import` gives it."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        desc = json.load(member)["manifests"][0]
+    notes = desc.get("annotations", {})
+    return desc["digest"], notes.get("io.containerd.image.name") or notes.get("org.opencontainers.image.ref.name", "")
 
 
 def _read(path: str) -> str:
@@ -198,7 +216,7 @@ class SingleNodeCluster:
 
         t = time.monotonic()
         self._start_containerd()
-        self.import_image(CLUSTER_CACHE / "pause.oci.tar")
+        self.import_image(CLUSTER_CACHE / "pause.oci.tar")  # named by its io.containerd.image.name
         self._timed("containerd", t)
 
         t = time.monotonic()
@@ -372,7 +390,7 @@ class SingleNodeCluster:
         )
         self.containerd_sock = wd / "containerd" / "containerd.sock"
         config = f"""version = 2
-root = "{wd / 'containerd' / 'root'}"
+root = "{CONTAINERD_ROOT}"
 state = "{wd / 'containerd' / 'state'}"
 [grpc]
   address = "{self.containerd_sock}"
@@ -405,14 +423,32 @@ state = "{wd / 'containerd' / 'state'}"
         return _run("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args,
                     check=check, timeout=timeout)
 
-    def import_image(self, archive: str | os.PathLike, name: str | None = None) -> list[str]:
-        """``ctr -n k8s.io images import`` an OCI archive; tag it ``name`` when given.
-        Returns the image names containerd now holds for it."""
-        out = self.ctr("images", "import", "--all-platforms", str(archive), timeout=1800).stdout
-        refs = [line.split()[1] for line in out.splitlines() if line.startswith("unpacking ")]
-        if name and refs and name not in refs:
-            self.ctr("images", "tag", "--force", refs[0], name)
-            refs.append(name)
+    def import_image(self, archive: str | os.PathLike) -> list[str]:
+        """``ctr -n k8s.io images import`` an OCI archive (skipped when containerd already holds
+        it); returns its names as pods write them (e.g. ``kubetune-trial:dev``).
+
+        A short name (``kubetune-trial:dev``, as buildah exports it) gets its normalised twin
+        ``docker.io/library/kubetune-trial:dev``: the CRI looks an image up by that name.
+        Renaming instead (tag + remove) leaves the CRI with a stale reference
+        ("image docker.io/library/… not found" at CreateContainer). Pods use
+        ``imagePullPolicy: Never`` so that nothing is ever pulled from outside.
+        """
+        want, imported_name = _archive_manifest(archive)
+
+        def refs_of_archive() -> list[str]:
+            rows = (line.split() for line in self.ctr("images", "ls", check=False).stdout.splitlines()[1:])
+            return [r[0] for r in rows if len(r) >= 3 and r[2] == want and not r[0].startswith("sha256:")]
+
+        refs = refs_of_archive()
+        if imported_name not in refs:
+            self.ctr("images", "import", "--all-platforms", str(archive), timeout=1800)
+            refs = refs_of_archive()
+        for ref in refs:
+            if "/" not in ref:
+                normalised = "docker.io/library/" + ref
+                if normalised not in refs:
+                    self.ctr("images", "tag", ref, normalised)
+        refs = [r for r in refs if not r.startswith("docker.io/library/")]
         self._imported.update(refs)
         return refs
 
@@ -706,9 +742,6 @@ state = "{wd / 'containerd' / 'state'}"
 import pytest  # noqa: E402
 
 IMAGES_DIR = Path(os.environ.get("KUBETUNE_IMAGES_DIR", REPO_ROOT / ".cache" / "images"))
-# Names the images get in containerd (no registry: pods use imagePullPolicy IfNotPresent).
-TRIAL_IMAGE = "kubetune.local/kubetune-trial:dev"
-OPERATOR_IMAGE = "kubetune.local/kubetune-operator:dev"
 
 
 def ensure_cluster_binaries(timeout: float = 3600) -> None:
@@ -736,21 +769,21 @@ def cluster():
         c.stop()
 
 
-def _import(c: SingleNodeCluster, archive: Path, name: str) -> str:
+def _import(c: SingleNodeCluster, archive: Path) -> str:
     if not archive.is_file():
         raise ControlPlaneError(f"{archive} missing: run hack/images/build.sh")
     t = time.monotonic()
-    c.import_image(archive, name)
-    print(f"\n[cluster] imported {archive.name} as {name} in {time.monotonic() - t:.1f}s", file=sys.stderr)
+    name = c.import_image(archive)[0]
+    print(f"\n[cluster] {archive.name} in containerd as {name} ({time.monotonic() - t:.1f}s)", file=sys.stderr)
     return name
 
 
 @pytest.fixture(scope="session")
 def trial_image(cluster: SingleNodeCluster) -> str:
     """The trial image (hack/images/build.sh) imported into the cluster's containerd."""
-    return _import(cluster, IMAGES_DIR / "kubetune-trial.tar", TRIAL_IMAGE)
+    return _import(cluster, IMAGES_DIR / "kubetune-trial.tar")
 
 
 @pytest.fixture(scope="session")
 def operator_image(cluster: SingleNodeCluster) -> str:
-    return _import(cluster, IMAGES_DIR / "kubetune-operator.tar", OPERATOR_IMAGE)
+    return _import(cluster, IMAGES_DIR / "kubetune-operator.tar")

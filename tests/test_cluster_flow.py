@@ -82,8 +82,8 @@ def kubetune_installed(cluster, trial_image, operator_image):
     trepo, ttag = trial_image.rsplit(":", 1)
     t0 = time.monotonic()
     helm.install("kubetune", RELEASE_NS, {
-        "operator": {"image": {"repository": repo, "tag": tag, "pullPolicy": "IfNotPresent"}},
-        "experiments": {"trialImage": {"repository": trepo, "tag": ttag}, "imagePullPolicy": "IfNotPresent",
+        "operator": {"image": {"repository": repo, "tag": tag, "pullPolicy": "Never"}},
+        "experiments": {"trialImage": {"repository": trepo, "tag": ttag}, "imagePullPolicy": "Never",
                         "driver": {"cpu": "250m", "memory": "1Gi"}},
         "driverRBAC": {"namespaces": [EXPERIMENTS_NS]},
     })

@@ -48,7 +48,7 @@ def diagnostics(cluster, namespace: str) -> str:
 
 def test_raycluster_head_and_worker_ready_under_kuberay(cluster, trial_image):
     namespace = cluster.plane.create_namespace()
-    settings = Settings.from_env({}, trial_image=trial_image, image_pull_policy="IfNotPresent")
+    settings = Settings.from_env({}, trial_image=trial_image, image_pull_policy="Never")
     spec = load_spec(SMALL_SPEC)
     rc = build_raycluster("rc-smoke", namespace, spec, settings)
     status, body = cluster.plane.request("POST", f"/apis/ray.io/v1/namespaces/{namespace}/rayclusters", rc)
