@@ -447,7 +447,7 @@ state = "{wd / 'containerd' / 'state'}"
             if "/" not in ref:
                 normalised = "docker.io/library/" + ref
                 if normalised not in refs:
-                    self.ctr("images", "tag", ref, normalised)
+                    self.ctr("images", "tag", "--force", ref, normalised)
         refs = [r for r in refs if not r.startswith("docker.io/library/")]
         self._imported.update(refs)
         return refs
@@ -770,10 +770,15 @@ def cluster():
 
 
 def _import(c: SingleNodeCluster, archive: Path) -> str:
-    if not archive.is_file():
-        raise ControlPlaneError(f"{archive} missing: run hack/images/build.sh")
+    import fcntl
+
     t = time.monotonic()
-    name = c.import_image(archive)[0]
+    # hack/images/build.sh rewrites the archives under this lock: never read one half-written.
+    with open(IMAGES_DIR / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not archive.is_file():
+            raise ControlPlaneError(f"{archive} missing: run hack/images/build.sh")
+        name = c.import_image(archive)[0]
     print(f"\n[cluster] {archive.name} in containerd as {name} ({time.monotonic() - t:.1f}s)", file=sys.stderr)
     return name
 
