@@ -129,10 +129,12 @@ def run_on_cluster(cluster, doc: dict, timeout: float = 1500) -> dict:
     while time.monotonic() < deadline:
         status = _get(cluster, name).get("status") or {}
         phase = status.get("phase")
-        if not seen["phases"] or seen["phases"][-1] != phase:
-            seen["phases"].append(phase)
+        if not seen["phases"] or seen["phases"][-1][0] != phase:
+            seen["phases"].append((phase, round(time.monotonic() - t0, 1)))  # where the time goes
         if status.get("bestTrial") and "first_result_s" not in seen:
             seen["first_result_s"] = time.monotonic() - t0
+        if status.get("trials", {}).get("running") and "first_trial_running_s" not in seen:
+            seen["first_trial_running_s"] = round(time.monotonic() - t0, 1)
         if phase == "Running" and status.get("bestTrial") and len(seen["get_tunex"]) < 3:
             seen["get_tunex"].append(cluster.kubectl("get", "tunex", "-n", EXPERIMENTS_NS, name, check=False).stdout)
         seen["worker_ips"] |= _worker_pod_ips(cluster, name)
@@ -213,4 +215,4 @@ def test_kubectl_apply_example_succeeds_with_trials_in_worker_pods_and_results_i
     print(f"\n[cluster] {example}: kubectl apply → first result {seen['first_result_s']:.1f}s, "
           f"→ Succeeded {seen['done_s']:.1f}s; kubetune run {local_s:.1f}s "
           f"(ratio {seen['done_s'] / local_s:.2f}); {rows} results, {checkpoints} checkpoint files in S3; "
-          f"phases {seen['phases']}")
+          f"first trial running at {seen.get('first_trial_running_s')}s; phases (s after apply) {seen['phases']}")
