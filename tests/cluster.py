@@ -769,16 +769,29 @@ def cluster():
         c.stop()
 
 
-def _import(c: SingleNodeCluster, archive: Path) -> str:
-    import fcntl
-
+def _import(c: SingleNodeCluster, archive: Path, timeout: float = 3600) -> str:
+    """Import an archive of hack/images/build.sh, which may be rewriting it right now: that script
+    removes the archive and its `.id` before exporting a new one and writes the `.id` after. An archive
+    opened while its `.id` exists and is still the file at that path is whole (an open file survives
+    its replacement), so ctr reads it through our descriptor, without waiting for a build to end."""
     t = time.monotonic()
-    # hack/images/build.sh rewrites the archives under this lock: never read one half-written.
-    with open(IMAGES_DIR / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not archive.is_file():
-            raise ControlPlaneError(f"{archive} missing: run hack/images/build.sh")
-        name = c.import_image(archive)[0]
+    id_file = archive.with_name(archive.name + ".id")
+    while True:
+        try:
+            fd = os.open(archive, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            if id_file.is_file() and os.fstat(fd).st_ino == os.stat(archive).st_ino:
+                break
+            os.close(fd)
+        if time.monotonic() - t > timeout:
+            raise ControlPlaneError(f"{archive} (with {id_file.name}) missing: run hack/images/build.sh")
+        time.sleep(2)
+    try:
+        name = c.import_image(f"/proc/{os.getpid()}/fd/{fd}")[0]
+    finally:
+        os.close(fd)
     print(f"\n[cluster] {archive.name} in containerd as {name} ({time.monotonic() - t:.1f}s)", file=sys.stderr)
     return name
 
