@@ -4,6 +4,7 @@ of an experiment and what was seen while it ran."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -30,7 +31,6 @@ SMALL = {
     "trialResources": {"cpu": 0.5},
     "rayCluster": {"head": {"cpu": "250m", "memory": "1536Mi"},
                    "workerGroups": [{"name": "cpu", "replicas": 1, "cpu": 1, "memory": "3Gi"}]},
-    "cleanup": {"deleteRayClusterOnFinish": False},
 }
 
 
@@ -119,6 +119,25 @@ def run_on_cluster(cluster, doc: dict, timeout: float = 1500, while_running=None
     name = doc["metadata"]["name"]
     t0 = time.monotonic()
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+        return _watch(cluster, doc, t0, timeout, while_running)
+    finally:
+        # The node has room for one experiment's pods at a time: the next test needs them gone.
+        cluster.kubectl("delete", "tunex", "-n", EXPERIMENTS_NS, name, "--wait=true", "--timeout=120s",
+                        check=False, timeout=150)
+        with contextlib.suppress(TimeoutError):  # never hide the test's own failure
+            wait_until(lambda: not _experiment_pods(cluster, name), timeout=120, interval=1,
+                       message=f"pods of {name} gone")
+
+
+def _experiment_pods(cluster, name: str) -> list:
+    status, body = cluster.plane.request(
+        "GET", f"/api/v1/namespaces/{EXPERIMENTS_NS}/pods?labelSelector=kubetune.io/experiment={name}")
+    return body.get("items", [])
+
+
+def _watch(cluster, doc: dict, t0: float, timeout: float, while_running) -> dict:
+    name = doc["metadata"]["name"]
     seen: dict = {"phases": [], "get_tunex": [], "worker_ips": set(), "t0": t0}
     deadline = t0 + timeout
     while time.monotonic() < deadline:
