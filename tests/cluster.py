@@ -449,8 +449,19 @@ state = "{wd / 'containerd' / 'state'}"
                 if normalised not in refs:
                     self.ctr("images", "tag", "--force", ref, normalised)
         refs = [r for r in refs if not r.startswith("docker.io/library/")]
+        self._forget_replaced_images()
         self._imported.update(refs)
         return refs
+
+    def _forget_replaced_images(self) -> None:
+        """An image replaced by a newer archive under the same name stays alive through the
+        `sha256:<id>` name the CRI gives every image: remove those names, so that containerd's
+        garbage collector frees the old layers (several GB per trial image)."""
+        rows = [line.split() for line in self.ctr("images", "ls", check=False).stdout.splitlines()[1:]]
+        named = {r[2] for r in rows if len(r) >= 3 and not r[0].startswith("sha256:")}
+        orphans = [r[0] for r in rows if len(r) >= 3 and r[0].startswith("sha256:") and r[2] not in named]
+        if orphans:
+            self.ctr("images", "rm", *orphans, check=False)
 
     def _remove_all_containers(self) -> None:
         if self.containerd_sock is None or not self.containerd_sock.exists():

@@ -32,13 +32,15 @@ def test_experiment_survives_pod_deletion_while_trials_run(cluster, kubetune_ins
     name = f"fault-{fault}-{uuid.uuid4().hex[:4]}"
     # Trials of a few seconds each (2 at a time): the fault lands while some are done, some run.
     doc = experiment_doc("sleep-asha.yaml", name, endpoint, name)
-    doc["spec"]["trainable"]["config"] = {"iterations": 20, "sleep_s": 0.3}
+    doc["spec"]["trainable"]["config"] = {"iterations": 20, "sleep_s": 0.5}
     doc["spec"]["search"]["numSamples"] = 8
+    doc["spec"]["scheduler"] = {"type": "fifo"}  # every trial runs its 10 s: the fault lands mid-run
     namespace, selector = FAULTS[fault]
 
     def inject(status, seen):
-        if "fault_at" in seen or (status.get("trials") or {}).get("terminated", 0) + \
-                (status.get("trials") or {}).get("stopped", 0) < 2:
+        trials = status.get("trials") or {}
+        if "fault_at" in seen or trials.get("terminated", 0) + trials.get("stopped", 0) < 2 \
+                or trials.get("pending", 0) < 2:
             return
         seen["fault_at"] = dict(status.get("trials") or {})
         seen["fault_t"] = time.monotonic()
@@ -58,6 +60,7 @@ def test_experiment_survives_pod_deletion_while_trials_run(cluster, kubetune_ins
     seen = run_on_cluster(cluster, doc, while_running=record)
     status = seen["status"]
     assert "fault_at" in seen, f"the experiment finished before the fault: {seen['phases']}"
+    assert seen["fault_at"].get("pending", 0) >= 2, seen["fault_at"]  # trials were still to come
     assert "deleted" in seen["fault_out"], seen["fault_out"]
     assert status["phase"] == "Succeeded", (seen["phases"], status)
     assert status["trials"]["total"] == 8 and status["trials"].get("error", 0) == 0, status["trials"]
