@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.envtest_fixtures", "tests.operator_fixtures"]
+pytest_plugins = ["tests.envtest_fixtures", "tests.operator_fixtures", "tests.cluster", "tests.cluster_flow"]
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
