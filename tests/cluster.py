@@ -47,7 +47,6 @@ from tests.envtest import (
     _Process,
     _tail,
     wait_until,
-    write_kubeconfig,
 )
 
 CLUSTER_CACHE = Path(os.environ.get("KUBETUNE_CLUSTER_DIR", REPO_ROOT / ".cache" / "cluster"))
@@ -807,12 +806,30 @@ def _import(c: SingleNodeCluster, archive: Path, timeout: float = 3600) -> str:
     return name
 
 
+IMAGES_BUILD_SCRIPT = REPO_ROOT / "hack" / "images" / "build.sh"
+
+
+def build_images(timeout: float = 3 * 3600) -> float:
+    """hack/images/build.sh for both targets (cached and locked: seconds when nothing changed; a cold
+    build downloads gigabytes). Whichever test needs an image first builds it, in any test order."""
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(IMAGES_BUILD_SCRIPT), "operator", "trial"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{IMAGES_BUILD_SCRIPT} failed:\n{proc.stdout[-6000:]}"
+    return time.monotonic() - t0
+
+
 @pytest.fixture(scope="session")
-def trial_image(cluster: SingleNodeCluster) -> str:
+def built_images() -> None:
+    print(f"\n[images] hack/images/build.sh operator trial: {build_images():.0f}s", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def trial_image(cluster: SingleNodeCluster, built_images) -> str:
     """The trial image (hack/images/build.sh) imported into the cluster's containerd."""
     return _import(cluster, IMAGES_DIR / "kubetune-trial.tar")
 
 
 @pytest.fixture(scope="session")
-def operator_image(cluster: SingleNodeCluster) -> str:
+def operator_image(cluster: SingleNodeCluster, built_images) -> str:
     return _import(cluster, IMAGES_DIR / "kubetune-operator.tar")

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import tarfile
-import time
 import tomllib
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from tests.envtest import REPO_ROOT
 # The first test waits for the build: a cold one downloads gigabytes (pytest's default timeout is 900 s).
 pytestmark = [pytest.mark.images, pytest.mark.slow, pytest.mark.timeout(3 * 3600)]
 
-BUILD_SCRIPT = REPO_ROOT / "hack" / "images" / "build.sh"
 CACHE = Path(os.environ.get("KUBETUNE_IMAGES_DIR", REPO_ROOT / ".cache" / "images"))
 TAG = os.environ.get("KUBETUNE_IMAGE_TAG", "dev")
 UID = "1000"
@@ -45,13 +43,8 @@ def buildah(*args: str, timeout: float = 900, check: bool = True) -> subprocess.
 
 
 @pytest.fixture(scope="session")
-def images(request) -> dict[str, str]:
-    """Build (or reuse: the script is cached) both targets; target -> image name."""
-    t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), "operator", "trial"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=3 * 3600, check=False)
-    assert proc.returncode == 0, f"{BUILD_SCRIPT} failed:\n{proc.stdout[-6000:]}"
-    print(f"\n[images] hack/images/build.sh operator trial: {time.monotonic() - t0:.0f}s")
+def images(built_images) -> dict[str, str]:
+    """Both targets, built (or reused: the script is cached) by the session's `built_images`; target -> image name."""
     return {t: f"localhost/kubetune-{t}:{TAG}" for t in ("operator", "trial")}
 
 
