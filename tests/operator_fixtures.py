@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
-from tests.envtest import REPO_ROOT, KubeControlPlane, _child_setup_factory, wait_until
+from tests.envtest import KubeControlPlane, _child_setup_factory, wait_until
 from tests.helm import ensure_helm, render
 
 VENV_BIN = Path(sys.executable).parent

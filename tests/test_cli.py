@@ -2,7 +2,6 @@
 spec.storage.uri, entrypoint checks, missing extras named, plain output off a terminal, quiet logs."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.cluster_flow import EXPERIMENTS_NS, S3_ENV, create_s3_secret, experiment_doc, kubetune_run_locally, result_rows, run_on_cluster
+from tests.cluster_flow import create_s3_secret, experiment_doc, kubetune_run_locally, result_rows, run_on_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

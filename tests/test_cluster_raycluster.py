@@ -4,7 +4,6 @@ single-node cluster (tests/cluster.py): head and worker pods of the trial image 
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest

@@ -1,7 +1,6 @@
 """The driver patches its TuneExperiment's status with plain HTTPS and its service account's token, on a
 real kube-apiserver with the driver's RBAC (issue #10 point 1: the trial image has no `kubernetes`)."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -158,7 +158,7 @@ def test_a_failed_download_says_which_dataset_from_where_and_how_to_provide_it(n
     finally:
         trial.bind(trial.TrialContext())
     message = str(info.value)
-    assert f"the {name} dataset" in message and f"127.0.0.1" in message
+    assert f"the {name} dataset" in message and "127.0.0.1" in message
     assert "Connection refused" in message
     assert "KUBETUNE_DATA_DIR" in message and str(tmp_path / "data" / name) in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained tracebacks
