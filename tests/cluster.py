@@ -763,7 +763,7 @@ def ensure_cluster_binaries(timeout: float = 3600) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def node_cluster():
     """A running single-node cluster (see the module docstring); torn down at the end."""
     if os.geteuid() != 0:
         pytest.skip("the single-node cluster needs root (kubelet, containerd, iptables)")
@@ -825,11 +825,11 @@ def built_images() -> None:
 
 
 @pytest.fixture(scope="session")
-def trial_image(cluster: SingleNodeCluster, built_images) -> str:
+def trial_image(node_cluster: SingleNodeCluster, built_images) -> str:
     """The trial image (hack/images/build.sh) imported into the cluster's containerd."""
-    return _import(cluster, IMAGES_DIR / "kubetune-trial.tar")
+    return _import(node_cluster, IMAGES_DIR / "kubetune-trial.tar")
 
 
 @pytest.fixture(scope="session")
-def operator_image(cluster: SingleNodeCluster, built_images) -> str:
-    return _import(cluster, IMAGES_DIR / "kubetune-operator.tar")
+def operator_image(node_cluster: SingleNodeCluster, built_images) -> str:
+    return _import(node_cluster, IMAGES_DIR / "kubetune-operator.tar")

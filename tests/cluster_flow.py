@@ -35,7 +35,7 @@ SMALL = {
 
 
 @pytest.fixture(scope="session")
-def pod_s3(cluster):
+def pod_s3(node_cluster):
     """moto's S3 server on the bridge address: the pods and this process reach it."""
     port = cluster_free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", BRIDGE_IP, "-p", str(port)],
@@ -68,11 +68,11 @@ def cluster_free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def kubetune_installed(cluster, trial_image, operator_image):
+def kubetune_installed(node_cluster, trial_image, operator_image):
     """`helm install` of the chart: the operator as a pod, drivers' RBAC in the experiments namespace."""
     ensure_helm()
-    cluster.plane.create_namespace(EXPERIMENTS_NS)
-    helm = Helm(cluster.plane.admin_kubeconfig)
+    node_cluster.plane.create_namespace(EXPERIMENTS_NS)
+    helm = Helm(node_cluster.plane.admin_kubeconfig)
     repo, tag = operator_image.rsplit(":", 1)
     trepo, ttag = trial_image.rsplit(":", 1)
     t0 = time.monotonic()
@@ -83,10 +83,10 @@ def kubetune_installed(cluster, trial_image, operator_image):
         "driverRBAC": {"namespaces": [EXPERIMENTS_NS]},
     })
     try:
-        cluster.kubectl("wait", "-n", RELEASE_NS, "--for=condition=Available", "deployment", "--all",
+        node_cluster.kubectl("wait", "-n", RELEASE_NS, "--for=condition=Available", "deployment", "--all",
                         "--timeout=300s", timeout=320)
     except subprocess.CalledProcessError as exc:
-        pods = cluster.kubectl("describe", "pods", "-n", RELEASE_NS, check=False).stdout
+        pods = node_cluster.kubectl("describe", "pods", "-n", RELEASE_NS, check=False).stdout
         pytest.fail(f"operator not Available: {exc.stderr}\n{pods[-4000:]}")
     print(f"\n[cluster] helm install → operator Available in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return helm
@@ -102,46 +102,46 @@ def experiment_doc(example: str, name: str, endpoint: str, prefix: str, **extra)
     return doc
 
 
-def _get(cluster, name: str) -> dict:
-    status, body = cluster.plane.request("GET", f"/apis/kubetune.io/v1alpha1/namespaces/{EXPERIMENTS_NS}/tuneexperiments/{name}")
+def _get(node_cluster, name: str) -> dict:
+    status, body = node_cluster.plane.request("GET", f"/apis/kubetune.io/v1alpha1/namespaces/{EXPERIMENTS_NS}/tuneexperiments/{name}")
     assert status == 200, body
     return body
 
 
-def _worker_pod_ips(cluster, name: str) -> set[str]:
-    status, body = cluster.plane.request(
+def _worker_pod_ips(node_cluster, name: str) -> set[str]:
+    status, body = node_cluster.plane.request(
         "GET", f"/api/v1/namespaces/{EXPERIMENTS_NS}/pods?labelSelector=kubetune.io/experiment={name},kubetune.io/component=worker")
     return {p["status"].get("podIP") for p in body.get("items", []) if p["status"].get("podIP")}
 
 
-def run_on_cluster(cluster, doc: dict, timeout: float = 1500, while_running=None) -> dict:
+def run_on_cluster(node_cluster, doc: dict, timeout: float = 1500, while_running=None) -> dict:
     """kubectl apply; poll until Succeeded/Failed; what was seen while it ran, and when."""
     name = doc["metadata"]["name"]
     t0 = time.monotonic()
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    node_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
     try:
-        return _watch(cluster, doc, t0, timeout, while_running)
+        return _watch(node_cluster, doc, t0, timeout, while_running)
     finally:
         # The node has room for one experiment's pods at a time: the next test needs them gone.
-        cluster.kubectl("delete", "tunex", "-n", EXPERIMENTS_NS, name, "--wait=true", "--timeout=120s",
+        node_cluster.kubectl("delete", "tunex", "-n", EXPERIMENTS_NS, name, "--wait=true", "--timeout=120s",
                         check=False, timeout=150)
         with contextlib.suppress(TimeoutError):  # never hide the test's own failure
-            wait_until(lambda: not _experiment_pods(cluster, name), timeout=120, interval=1,
+            wait_until(lambda: not _experiment_pods(node_cluster, name), timeout=120, interval=1,
                        message=f"pods of {name} gone")
 
 
-def _experiment_pods(cluster, name: str) -> list:
-    status, body = cluster.plane.request(
+def _experiment_pods(node_cluster, name: str) -> list:
+    status, body = node_cluster.plane.request(
         "GET", f"/api/v1/namespaces/{EXPERIMENTS_NS}/pods?labelSelector=kubetune.io/experiment={name}")
     return body.get("items", [])
 
 
-def _watch(cluster, doc: dict, t0: float, timeout: float, while_running) -> dict:
+def _watch(node_cluster, doc: dict, t0: float, timeout: float, while_running) -> dict:
     name = doc["metadata"]["name"]
     seen: dict = {"phases": [], "get_tunex": [], "worker_ips": set(), "t0": t0}
     deadline = t0 + timeout
     while time.monotonic() < deadline:
-        status = _get(cluster, name).get("status") or {}
+        status = _get(node_cluster, name).get("status") or {}
         phase = status.get("phase")
         if not seen["phases"] or seen["phases"][-1][0] != phase:
             seen["phases"].append((phase, round(time.monotonic() - t0, 1)))  # where the time goes
@@ -150,8 +150,8 @@ def _watch(cluster, doc: dict, t0: float, timeout: float, while_running) -> dict
         if status.get("trials", {}).get("running") and "first_trial_running_s" not in seen:
             seen["first_trial_running_s"] = round(time.monotonic() - t0, 1)
         if phase == "Running" and status.get("bestTrial") and len(seen["get_tunex"]) < 3:
-            seen["get_tunex"].append(cluster.kubectl("get", "tunex", "-n", EXPERIMENTS_NS, name, check=False).stdout)
-        seen["worker_ips"] |= _worker_pod_ips(cluster, name)
+            seen["get_tunex"].append(node_cluster.kubectl("get", "tunex", "-n", EXPERIMENTS_NS, name, check=False).stdout)
+        seen["worker_ips"] |= _worker_pod_ips(node_cluster, name)
         if while_running is not None and phase == "Running":
             while_running(status, seen)
         if phase in ("Succeeded", "Failed"):
@@ -159,9 +159,9 @@ def _watch(cluster, doc: dict, t0: float, timeout: float, while_running) -> dict
             seen["status"] = status
             return seen
         time.sleep(0.5)
-    events = cluster.kubectl("get", "events", "-n", EXPERIMENTS_NS, "--sort-by=.lastTimestamp", check=False).stdout
-    pods = cluster.kubectl("get", "pods", "-n", EXPERIMENTS_NS, "-o", "wide", check=False).stdout
-    op = cluster.kubectl("logs", "-n", RELEASE_NS, "deploy/kubetune", "--tail=40", check=False)
+    events = node_cluster.kubectl("get", "events", "-n", EXPERIMENTS_NS, "--sort-by=.lastTimestamp", check=False).stdout
+    pods = node_cluster.kubectl("get", "pods", "-n", EXPERIMENTS_NS, "-o", "wide", check=False).stdout
+    op = node_cluster.kubectl("logs", "-n", RELEASE_NS, "deploy/kubetune", "--tail=40", check=False)
     pytest.fail(f"{name} not finished after {timeout}s; phases {seen['phases']}; status {status}\n"
                 f"pods:\n{pods}\nevents:\n{events[-4000:]}\noperator:\n{op.stdout}{op.stderr}")
 
@@ -181,9 +181,9 @@ def result_rows(client, prefix: str) -> tuple[dict[str, list[dict]], int]:
     return rows, checkpoints
 
 
-def create_s3_secret(cluster) -> None:
+def create_s3_secret(node_cluster) -> None:
     secret = {"metadata": {"name": "s3-credentials"}, "stringData": S3_ENV}
-    status, body = cluster.plane.request("POST", f"/api/v1/namespaces/{EXPERIMENTS_NS}/secrets", secret)
+    status, body = node_cluster.plane.request("POST", f"/api/v1/namespaces/{EXPERIMENTS_NS}/secrets", secret)
     assert status in (201, 409), body
 
 

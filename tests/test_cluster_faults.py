@@ -26,9 +26,9 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_experiment_survives_pod_deletion_while_trials_run(cluster, kubetune_installed, pod_s3, fault):
+def test_experiment_survives_pod_deletion_while_trials_run(node_cluster, kubetune_installed, pod_s3, fault):
     endpoint, client = pod_s3
-    create_s3_secret(cluster)
+    create_s3_secret(node_cluster)
     name = f"fault-{fault}-{uuid.uuid4().hex[:4]}"
     # Trials of a few seconds each (2 at a time): the fault lands while some are done, some run.
     doc = experiment_doc("sleep-asha.yaml", name, endpoint, name)
@@ -44,7 +44,7 @@ def test_experiment_survives_pod_deletion_while_trials_run(cluster, kubetune_ins
             return
         seen["fault_at"] = dict(status.get("trials") or {})
         seen["fault_t"] = time.monotonic()
-        out = cluster.kubectl("delete", "pod", "-n", namespace, "-l", selector,
+        out = node_cluster.kubectl("delete", "pod", "-n", namespace, "-l", selector,
                               "--wait=false", check=False)
         seen["fault_out"] = out.stdout + out.stderr
         seen["after_fault"] = []
@@ -57,7 +57,7 @@ def test_experiment_survives_pod_deletion_while_trials_run(cluster, kubetune_ins
             if not seen["after_fault"] or seen["after_fault"][-1] != conds:
                 seen["after_fault"].append(conds)
 
-    seen = run_on_cluster(cluster, doc, while_running=record)
+    seen = run_on_cluster(node_cluster, doc, while_running=record)
     status = seen["status"]
     assert "fault_at" in seen, f"the experiment finished before the fault: {seen['phases']}"
     assert seen["fault_at"].get("pending", 0) >= 2, seen["fault_at"]  # trials were still to come

@@ -18,13 +18,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.mark.parametrize("example", ["sleep-asha.yaml", "quickstart.yaml"])
 def test_kubectl_apply_example_succeeds_with_trials_in_worker_pods_and_results_in_s3(
-        cluster, kubetune_installed, pod_s3, example):
+        node_cluster, kubetune_installed, pod_s3, example):
     endpoint, client = pod_s3
-    create_s3_secret(cluster)
+    create_s3_secret(node_cluster)
     name = example.split(".")[0] + "-" + uuid.uuid4().hex[:4]
     doc = experiment_doc(example, name, endpoint, name)
 
-    seen = run_on_cluster(cluster, doc)
+    seen = run_on_cluster(node_cluster, doc)
     status = seen["status"]
     assert status["phase"] == "Succeeded", (seen["phases"], status)
     trials = status["trials"]

@@ -17,17 +17,17 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture
-def node_with_gpus(cluster):
+def node_with_gpus(node_cluster):
     patch = {"status": {"capacity": {"nvidia.com/gpu": "2"}}}
-    cluster.kubectl("patch", "node", cluster.node_name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
-    yield cluster.node_name
-    cluster.kubectl("patch", "node", cluster.node_name, "--subresource=status", "--type=json",
+    node_cluster.kubectl("patch", "node", node_cluster.node_name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+    yield node_cluster.node_name
+    node_cluster.kubectl("patch", "node", node_cluster.node_name, "--subresource=status", "--type=json",
                     "-p", '[{"op": "remove", "path": "/status/capacity/nvidia.com~1gpu"}]', check=False)
 
 
-def test_fractional_trial_gpus_on_a_gpu_worker_group(cluster, kubetune_installed, pod_s3, node_with_gpus):
+def test_fractional_trial_gpus_on_a_gpu_worker_group(node_cluster, kubetune_installed, pod_s3, node_with_gpus):
     endpoint, _ = pod_s3
-    create_s3_secret(cluster)
+    create_s3_secret(node_cluster)
     name = f"gpu-{uuid.uuid4().hex[:4]}"
     doc = experiment_doc("sleep-asha.yaml", name, endpoint, name)
     spec = doc["spec"]
@@ -38,18 +38,18 @@ def test_fractional_trial_gpus_on_a_gpu_worker_group(cluster, kubetune_installed
     spec["rayCluster"]["workerGroups"] = [{"name": "gpu", "replicas": 1, "cpu": 1, "memory": "3Gi", "gpu": 1}]
 
     def watch_ray(status, seen):
-        pods = json.loads(cluster.kubectl("get", "pods", "-n", EXPERIMENTS_NS, "-l",
+        pods = json.loads(node_cluster.kubectl("get", "pods", "-n", EXPERIMENTS_NS, "-l",
                                           f"kubetune.io/experiment={name}", "-o", "json").stdout)["items"]
         for pod in pods:
             kind = pod["metadata"]["labels"].get("ray.io/node-type")
             if kind == "worker":
                 seen["worker_limits"] = pod["spec"]["containers"][0]["resources"]["limits"]
             if kind == "head" and pod["status"].get("phase") == "Running" and (status.get("trials") or {}).get("running"):
-                out = cluster.kubectl("exec", "-n", EXPERIMENTS_NS, pod["metadata"]["name"], "-c", "ray-head", "--",
+                out = node_cluster.kubectl("exec", "-n", EXPERIMENTS_NS, pod["metadata"]["name"], "-c", "ray-head", "--",
                                       "ray", "status", check=False, timeout=60).stdout
                 seen.setdefault("gpu_usage", []).extend(re.findall(r"[0-9.]+/[0-9.]+ GPU", out))
 
-    seen = run_on_cluster(cluster, doc, while_running=watch_ray)
+    seen = run_on_cluster(node_cluster, doc, while_running=watch_ray)
     status = seen["status"]
     assert status["phase"] == "Succeeded", (seen["phases"], status)
     assert status["trials"]["total"] == 4 and status["trials"].get("error", 0) == 0, status["trials"]
