@@ -188,6 +188,8 @@ def test_quickstart_dashboards_on_a_real_prometheus(prometheus, tmp_path, capsys
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "trial-image"), env.get("PYTHONPATH", "")])
     env["KUBETUNE_METRICS_TRIAL_TTL"] = "600"
+    # A smoke run can end between two scrapes (seen in CI: the step-time and checkpoint panels had no data).
+    env["KUBETUNE_METRICS_LINGER_SECONDS"] = str(3 * SCRAPE_INTERVAL_S)
     cmd = [sys.executable, "-m", "kubetune.cli", "run", str(ROOT / "examples" / "quickstart.yaml"), "--smoke",
            "--storage", str(tmp_path / "results"), "--metrics-port", str(port),
            # a budget, so that the budget panel has something to show; far more than the run needs

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Sequence
 
 from kubetune.api import exitcodes
 
 # `validate` exits 1 when a file has errors; `run` and `driver` use kubetune.api.exitcodes.
 EXIT_OK, EXIT_FAILED = exitcodes.OK, 1
+# Seconds `kubetune run` keeps serving its metrics after the run (default 0): a last scrape sees the end.
+METRICS_LINGER_ENV = "KUBETUNE_METRICS_LINGER_SECONDS"
 
 
 def _err(message: str) -> None:
@@ -136,12 +139,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if served:
             console.print(f"Metrics: http://127.0.0.1:{served[1]}/metrics", highlight=False)
 
+    linger_s = 0.0
     try:
         with LiveProgress(console) as progress:
             outcome = run_experiment(
                 experiment, sinks=[progress], num_cpus=args.num_cpus,
                 on_start=announce, verbose=args.verbose, metrics=not args.no_metrics,
             )
+        # A run can end between two scrapes: serving its final state a little longer lets the last scrape see it.
+        linger_s = float(os.environ.get(METRICS_LINGER_ENV) or 0) if served else 0.0
     except SpecError as exc:
         _err(exc.render())
         return exitcodes.BAD_SPEC
@@ -154,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return exit_code(signum)
     finally:
         if served:
+            time.sleep(max(linger_s, 0.0))
             served[0].shutdown()
     print_outcome(console, outcome)
     if outcome.status == "succeeded":
