@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -167,17 +166,22 @@ def _watch(node_cluster, doc: dict, t0: float, timeout: float, while_running) ->
 
 
 def result_rows(client, prefix: str) -> tuple[dict[str, list[dict]], int]:
-    """The rows of every trial's result.json in S3 (by trial directory), and the number of checkpoint files."""
-    rows: dict[str, list[dict]] = defaultdict(list)
-    checkpoints = 0
+    """Every trial's reported iterations (the history in the driver's kubetune-results.json, by trial id)
+    and the number of checkpoint files under `prefix` in S3."""
+    rows: dict[str, list[dict]] = {}
+    checkpoints, results = 0, []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="results", Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
             if "/checkpoint_" in key:
                 checkpoints += 1
-            if key.endswith("/result.json"):
-                body = client.get_object(Bucket="results", Key=key)["Body"].read().decode()
-                rows[key.rsplit("/", 2)[-2]] += [json.loads(line) for line in body.splitlines() if line.strip()]
+            if key.endswith("/kubetune-results.json"):
+                results.append(key)
+    assert len(results) == 1, f"one kubetune-results.json under s3://results/{prefix}, found {results}"
+    doc = json.loads(client.get_object(Bucket="results", Key=results[0])["Body"].read())
+    for trial in doc["trials"]:
+        assert trial["id"] not in rows, f"trial {trial['id']} listed twice"
+        rows[trial["id"]] = trial["history"]
     return rows, checkpoints
 
 
