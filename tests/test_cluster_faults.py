@@ -11,10 +11,11 @@ from collections import Counter
 
 import pytest
 
+from tests.cluster import CLUSTER_MARKS
 from tests.cluster_flow import (EXPERIMENTS_NS, RELEASE_NS, create_s3_secret, experiment_doc, result_rows,
                                 run_on_cluster)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 # Which pods each fault deletes (a label selector, in its namespace).
 FAULTS = {

@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from tests.cluster import CLUSTER_MARKS
 from tests.cluster_flow import create_s3_secret, experiment_doc, kubetune_run_locally, result_rows, run_on_cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 
 @pytest.mark.parametrize("example", ["sleep-asha.yaml", "quickstart.yaml"])

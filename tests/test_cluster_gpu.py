@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from tests.cluster import CLUSTER_MARKS
 from tests.cluster_flow import EXPERIMENTS_NS, create_s3_secret, experiment_doc, run_on_cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 
 @pytest.fixture
