@@ -148,7 +148,29 @@ def test_raycluster_has_head_worker_groups_gpus_scheduling_autoscaling_metrics_a
         assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
             "secretKeyRef": {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"}}}
         assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
-        assert all("value" not in e for e in container["env"])
+        assert [e for e in container["env"] if "value" in e] == [{"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]
+
+
+@pytest.mark.parametrize("storage, skipped", [
+    ({"uri": "s3://bucket/x", "secretRef": "s3-credentials"}, True),  # keys from the Secret, on AWS S3 too
+    ({"uri": "s3://bucket/x", "endpoint": "http://minio:9000"}, True),  # an S3-compatible store has no EC2
+    ({"uri": "s3://bucket/x"}, False),  # AWS S3 without keys: the instance profile may be the only source
+    ({"uri": "/tmp/results"}, False),
+])
+def test_every_pod_skips_the_ec2_metadata_service_unless_it_may_be_the_only_credential_source(storage, skipped):
+    """Issue #10 point 3: the Ray pods build S3 clients too (trials, Ray's uploads); the driver's rule."""
+    from kubetune.tune.storage import skip_instance_metadata
+
+    spec = spec_of(rayCluster={"workerGroups": [{"name": "cpu", "replicas": 1}]}, storage=storage)
+    rc = builders.build_raycluster("exp", "ns", spec, Settings())
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    pods = [rc["spec"]["headGroupSpec"]["template"], rc["spec"]["workerGroupSpecs"][0]["template"], job["spec"]["template"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env.get("AWS_EC2_METADATA_DISABLED") == ("true" if skipped else None), (pod["metadata"]["labels"], env)
+    # The same answer as the driver's own rule, given the environment these pods get.
+    pod_env = {"AWS_ACCESS_KEY_ID": "k"} if "secretRef" in storage else {}
+    assert skip_instance_metadata(spec.storage, pod_env) is skipped
 
 
 def test_raycluster_without_workers_or_autoscaling_or_auth():

@@ -549,6 +549,10 @@ class Failure(SpecModel):
     """Times to restart a failed trial from its last checkpoint; -1 retries forever."""
 
 
+# The AWS SDK's switch for the EC2 instance metadata service; see Storage.skips_instance_metadata.
+AWS_METADATA_ENV = "AWS_EC2_METADATA_DISABLED"
+
+
 class Storage(SpecModel):
     """Where results and checkpoints go."""
 
@@ -570,6 +574,17 @@ class Storage(SpecModel):
     @property
     def is_s3(self) -> bool:
         return bool(self.uri and self.uri.startswith("s3://"))
+
+    def skips_instance_metadata(self, has_credentials: bool) -> bool:
+        """Whether S3 clients may be told not to ask the EC2 instance metadata service (AWS_METADATA_ENV).
+
+        The AWS SDK asks it for credentials and region on every client creation: outside EC2 (a pod on
+        another cloud, a laptop, MinIO) each ask waits for a timeout, 8 s to build and 4 s to copy an
+        S3FileSystem in a pod (issue #10). It stays on only where it may be the one source of credentials:
+        AWS S3 itself (no endpoint) and no keys or web identity of its own. One rule for the driver (its
+        environment) and the operator (spec.storage.secretRef) alike.
+        """
+        return self.is_s3 and (has_credentials or bool(self.endpoint))
 
 
 class Toleration(SpecModel):

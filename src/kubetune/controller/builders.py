@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from kubetune.api import exitcodes
-from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PodOverlay, TuneExperimentSpec
+from kubetune.api.spec import API_GROUP, API_VERSION, AWS_METADATA_ENV, KIND, PodOverlay, TuneExperimentSpec
 from kubetune.controller.settings import Settings
 from kubetune.metrics import DRIVER_METRICS_PORT
 
@@ -133,14 +133,20 @@ def driver_image(spec: TuneExperimentSpec, settings: Settings) -> str:
 
 
 def storage_env(spec: TuneExperimentSpec) -> list[dict[str, Any]]:
-    """S3 credentials as references to the spec's Secret (never the values)."""
-    secret = spec.storage.secret_ref
-    if not secret:
-        return []
-    return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, **({"optional": True} if optional else {})}}}
+    """S3 credentials as references to the spec's Secret (never the values); the EC2 metadata service off
+    unless it may be the only source of credentials (the driver's rule: Storage.skips_instance_metadata).
+
+    Every Ray pod needs it, not only the driver: trials and Ray's own uploads build S3 clients there too.
+    """
+    storage = spec.storage
+    env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": storage.secret_ref, "key": key,
+                                                     **({"optional": True} if optional else {})}}}
         for key, optional in S3_SECRET_KEYS
-    ]
+    ] if storage.secret_ref else []
+    if storage.skips_instance_metadata(has_credentials=bool(storage.secret_ref)):
+        env.append({"name": AWS_METADATA_ENV, "value": "true"})
+    return env
 
 
 def ray_auth_env(ray_cluster: str, settings: Settings) -> list[dict[str, Any]]:
