@@ -275,6 +275,23 @@ def test_job_state_reads_the_job_controller():
     assert starting.kind == "pending" and "after 2 failed pod(s)" in starting.message
 
 
+def driver_pod(phase="Running", container_state="running", job="exp-driver-1", deleting=False):
+    meta = {"name": f"{job}-x", "labels": {"batch.kubernetes.io/job-name": job, "kubetune.io/component": "driver"}}
+    if deleting:
+        meta["deletionTimestamp"] = NOW
+    return {"metadata": meta, "status": {"phase": phase, "containerStatuses": [
+        {"name": "driver", "state": {container_state: {}}}]}}
+
+
+def test_job_state_reads_a_running_driver_off_its_pod_before_the_job_counts_it_ready():
+    """After an operator restart nothing but the cluster says what runs: the pod does, ready count or not."""
+    job = job_with(active=1)
+    assert phases.job_state(job, [driver_pod()]).kind == "running"
+    assert phases.job_state(job, [driver_pod("Pending", "waiting")]).kind == "pending"
+    assert phases.job_state(job, [driver_pod(deleting=True)]).kind == "pending"
+    assert phases.job_state(job, [driver_pod(job="exp-driver-0")]).kind == "pending"  # another run's pod
+
+
 def test_a_condition_keeps_its_transition_time_while_its_status_holds():
     conditions = phases.set_condition([], "SpecValid", True, "Valid", "ok", NOW, 1)
     conditions = phases.set_condition(conditions, "SpecValid", True, "Valid", "still ok", LATER, 2)

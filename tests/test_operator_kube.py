@@ -42,12 +42,6 @@ FAULT_ENV = "KUBETUNE_FAULT_KILL_AFTER_WRITES"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-@pytest.fixture
-def driver_rbac(kube, namespace, tmp_path):
-    """The drivers' ServiceAccount, Role and RoleBinding (the chart's) in the test namespace."""
-    return driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
-
-
 def dry_run(kube, path: str, body: dict) -> tuple[int, dict]:
     """Server-side dry-run create, rejecting unknown fields (so a field the schema would prune fails)."""
     return kube.request("POST", f"{path}?dryRun=All&fieldValidation=Strict", body)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from kubetune.api import exitcodes
 from kubetune.api.errors import FieldIssue
@@ -98,8 +98,13 @@ def raycluster_state(rc: dict[str, Any] | None) -> ChildState:
     return ChildState("pending", Reason.RAY_CLUSTER_CREATING, f"waiting for RayCluster {name} to be ready{detail}")
 
 
-def job_state(job: dict[str, Any] | None) -> ChildState:
-    """The driver Job: Complete/SuccessCriteriaMet -> succeeded, Failed/FailureTarget -> failed."""
+def job_state(job: dict[str, Any] | None, pods: Sequence[dict[str, Any]] = ()) -> ChildState:
+    """The driver Job: Complete/SuccessCriteriaMet -> succeeded, Failed/FailureTarget -> failed; running
+    when the Job counts a ready pod or one of its `pods` runs the driver container.
+
+    Read from the cluster on every reconcile (a restarted operator knows nothing else): the pod itself
+    says so before the Job controller's `ready` count does, and on clusters that keep no such count.
+    """
     if job is None:
         return ChildState("missing")
     name = job.get("metadata", {}).get("name", "")
@@ -117,7 +122,7 @@ def job_state(job: dict[str, Any] | None) -> ChildState:
     status = job.get("status") or {}
     failed = int(status.get("failed") or 0)
     retried = f" after {failed} failed pod(s), resuming from storage" if failed else ""
-    if int(status.get("ready") or 0) > 0:
+    if int(status.get("ready") or 0) > 0 or any(driver_runs(p) for p in pods_of_job(list(pods), name)):
         return ChildState("running", Reason.DRIVER_RUNNING, f"driver Job {name} is running{retried}")
     if int(status.get("active") or 0) > 0:
         return ChildState("pending", Reason.DRIVER_STARTING, f"driver pod of Job {name} is starting{retried}")
@@ -127,6 +132,15 @@ def job_state(job: dict[str, Any] | None) -> ChildState:
 def pod_is_live(pod: dict[str, Any]) -> bool:
     """A pod that may still be running a driver (not finished, not gone)."""
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def driver_runs(pod: dict[str, Any]) -> bool:
+    """The kubelet says the pod's driver container runs (phase Running, container state running)."""
+    status = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") != "Running":
+        return False
+    return any(cs.get("name") == builders.DRIVER_CONTAINER and (cs.get("state") or {}).get("running") is not None
+               for cs in status.get("containerStatuses") or [])
 
 
 # Container waiting reasons that do not go away by themselves (the kubelet retries, nothing changes).
@@ -411,7 +425,7 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     for job in others:  # an earlier run (e.g. before numSamples was raised): stop it before the new one starts
         if job_state(job).kind != "deleting":
             actions.append(Action("delete_job", "Job", job["metadata"]["name"]))
-    js = job_state(current)
+    js = job_state(current, obs.driver_pods)
 
     # A driver that finished decides the outcome, whatever the cluster does now.
     if js.kind == "succeeded":
