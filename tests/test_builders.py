@@ -556,7 +556,7 @@ def test_pod_overlays_per_role_merge_over_the_defaults_and_never_replace_kubetun
     rc = builders.build_raycluster("exp", "ns", spec, Settings())
     job = builders.build_driver_job("exp", "ns", spec, Settings())
     worker = rc["spec"]["workerGroupSpecs"][0]["template"]
-    assert worker["metadata"]["annotations"] == {"team": "ml"}
+    assert worker["metadata"]["annotations"] == {**builders.scrape_annotations(8080), "team": "ml"}
     assert worker["metadata"]["labels"]["cost"] == "a" and worker["metadata"]["labels"]["kubetune.io/experiment"] == "exp"
     pod = worker["spec"]
     assert pod["priorityClassName"] == "high" and pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -568,7 +568,7 @@ def test_pod_overlays_per_role_merge_over_the_defaults_and_never_replace_kubetun
     assert [v["name"] for v in pod["volumes"]] == ["dshm", "data"]
     assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
     head = rc["spec"]["headGroupSpec"]["template"]
-    assert "annotations" not in head["metadata"] and "priorityClassName" not in head["spec"]
+    assert "team" not in head["metadata"]["annotations"] and "priorityClassName" not in head["spec"]
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "low"
     # An overlay is no change of the search: the driver keeps running.
     assert builders.run_hash(spec) == builders.run_hash(spec_of(rayCluster=GPU_CLUSTER))
@@ -733,3 +733,77 @@ def test_trials_no_worker_group_can_hold_are_refused_before_any_pod_starts():
     valid = condition(plan.status, "SpecValid")
     assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
     assert plan.actions == [] and plan.permanent and plan.status["phase"] == Phase.FAILED
+
+
+def _unschedulable(name, component, since, job=None, message="0/1 nodes are available: 1 Insufficient cpu."):
+    pod = _pod(name, component, unschedulable=message, job=job)
+    pod["status"]["conditions"][0]["lastTransitionTime"] = since
+    return pod
+
+
+def test_a_worker_the_scheduler_cannot_place_is_in_the_status_once_it_waited_a_recheck_period():
+    """Issue #10 point 5: the cluster and the driver run, a worker waits for a node: the status says so
+    (which pod, the scheduler's words), not just "driver Job ... is running"; one Warning."""
+    world = World(spec_of(rayCluster={"workerGroups": [{"name": "cpu", "replicas": 2, "cpu": "1", "memory": "1Gi"}]}),
+                  Settings(recheck_seconds=15))
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    world.jobs[job]["status"] = {"active": 1, "ready": 1}
+    world.pods = [_pod("exp-head-a", "head", phase="Running"), _pod("exp-worker-b", "worker", phase="Running"),
+                  _unschedulable("exp-worker-c", "worker", since=NOW)]
+    plan = world.step(now="2026-01-01T00:00:05Z")  # refused 5 s ago: maybe a node is on its way
+    assert world.status["message"] == f"driver Job {job} is running" and plan.retry_after == 15
+    assert condition(world.status, "RayClusterReady")["reason"] == "RayClusterReady"
+
+    plan = world.step(now="2026-01-01T00:00:20Z")
+    ready = condition(world.status, "RayClusterReady")
+    waits = "worker pod exp-worker-c cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    assert (ready["status"], ready["reason"]) == ("True", "PodsNotStarting") and waits in ready["message"]
+    assert world.status["phase"] == "Running" and world.status["message"] == f"driver Job {job} is running; {waits}"
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "PodsNotStarting")] and plan.retry_after == 15
+    assert world.step(now="2026-01-01T00:00:35Z").events == [], "once per cause"
+    world.pods[2]["status"] = {"phase": "Running"}  # scheduled at last
+    plan = world.step(now="2026-01-01T00:00:50Z")
+    assert condition(world.status, "RayClusterReady")["reason"] == "RayClusterReady"
+    assert world.status["message"] == f"driver Job {job} is running" and plan.retry_after is None
+
+
+def test_a_driver_pod_the_scheduler_cannot_place_says_so_instead_of_starting():
+    world = World(spec_of(), Settings(recheck_seconds=15))
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    world.jobs[job]["status"] = {"active": 1}
+    obs = world.observation(now=LATER)
+    obs.driver_pods = [_unschedulable(f"{job}-x", "driver", since=NOW, job=job)]
+    plan = phases.plan(obs, world.settings)
+    driver = condition(plan.status, "DriverRunning")
+    said = f"driver pod {job}-x cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    assert (driver["reason"], driver["message"]) == ("PodsNotStarting", said)
+    assert plan.status["message"] == said and "is starting" not in said
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "PodsNotStarting")]
+
+
+def test_driver_and_ray_pods_tell_prometheus_where_their_metrics_are():
+    """Issue #10: Prometheus' pod discovery (`prometheus.io/*` annotations) finds the driver's /metrics
+    (driver and trial metrics, port 9450) and each Ray node's metrics-export-port; an overlay may say no."""
+    spec = spec_of(rayCluster=GPU_CLUSTER, pods={"head": {"annotations": {"prometheus.io/scrape": "false"}}})
+    rc = builders.build_raycluster("exp", "ns", spec, Settings(ray_metrics_port=8081))
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    driver = job["spec"]["template"]
+    assert driver["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9450", "prometheus.io/path": "/metrics"}
+    assert {"containerPort": 9450, "name": "metrics"} in driver["spec"]["containers"][0]["ports"]
+    for group in rc["spec"]["workerGroupSpecs"]:
+        template = group["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == "8081"
+        assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert {"containerPort": 8081, "name": "metrics"} in template["spec"]["containers"][0]["ports"]
+        assert group["rayStartParams"]["metrics-export-port"] == "8081"
+    head = rc["spec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert head == {"prometheus.io/scrape": "false", "prometheus.io/port": "8081", "prometheus.io/path": "/metrics"}
+    no_port = builders.build_raycluster("exp", "ns", spec_of(), Settings(ray_metrics_port=0))
+    assert "annotations" not in no_port["spec"]["headGroupSpec"]["template"]["metadata"]

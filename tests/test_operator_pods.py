@@ -88,3 +88,45 @@ def test_after_an_operator_restart_the_phase_comes_from_the_pods_not_from_memory
     driver = cluster.condition("rerun", "DriverRunning")
     assert (driver["status"], driver["reason"]) == ("True", "DriverRunning"), driver
     assert [e["reason"] for e in cluster.events("rerun")].count("DriverStarting") <= 1
+
+
+def scheduler_refuses(cluster, pod: str, message: str) -> None:
+    """What kube-scheduler writes on a pod no node fits: PodScheduled=False, reason Unschedulable."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+         "lastTransitionTime": now}]}})
+
+
+def test_pods_the_scheduler_cannot_place_are_named_in_the_status_with_its_message(kube, namespace, cluster, operator_factory, driver_rbac):
+    """Point 5: a driver pod, then a worker pod, `Pending` on `Insufficient cpu`: the conditions and the
+    phase's message say which pod waits and why (once a re-check period has passed), one Warning each."""
+    op = operator_factory([namespace])  # KUBETUNE_RECHECK_SECONDS=1: reported after 1 s
+    cluster.create(experiment_manifest("tight"))
+    cluster.wait_phase("tight", "Provisioning", op=op)
+    head = cluster.play_kuberay_pod("tight", "head")
+    kube.set_pod_phase(namespace, head, "Running")
+    cluster.mark_raycluster("tight")
+    job = job_of(cluster, "tight", op)["metadata"]["name"]
+    driver_pod = cluster.wait_driver_pod(job)["metadata"]["name"]
+    insufficient = "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    scheduler_refuses(cluster, driver_pod, insufficient)
+    wait_for(lambda: cluster.condition("tight", "DriverRunning").get("reason") == "PodsNotStarting", "DriverRunning=False, PodsNotStarting", op)
+    said = f"driver pod {driver_pod} cannot be scheduled: {insufficient}"
+    assert cluster.condition("tight", "DriverRunning")["message"] == said
+    assert cluster.status("tight")["message"] == said  # not "driver pod of Job ... is starting"
+
+    worker = cluster.play_kuberay_pod("tight", "worker")
+    scheduler_refuses(cluster, worker, insufficient)
+    kube.set_pod_phase(namespace, driver_pod, "Running")  # room for the driver after all; not for the worker
+    wait_for(lambda: cluster.condition("tight", "RayClusterReady").get("reason") == "PodsNotStarting", "RayClusterReady, PodsNotStarting", op)
+    waits = f"worker pod {worker} cannot be scheduled: {insufficient}"
+    ready = cluster.condition("tight", "RayClusterReady")
+    assert ready["status"] == "True" and ready["message"] == f"RayCluster tight is ready, but {waits}"
+    wait_for(lambda: cluster.condition("tight", "DriverRunning").get("status") == "True", "DriverRunning", op)
+    status = cluster.status("tight")
+    assert status["phase"] == "Running" and status["message"] == f"driver Job {job} is running; {waits}", status
+
+    warnings = [e for e in cluster.events("tight") if e["reason"] == "PodsNotStarting"]
+    assert sorted(e["message"] for e in warnings) == sorted([said, f"RayCluster tight is ready, but {waits}"])
+    assert all(e["type"] == "Warning" and e.get("count", 1) == 1 for e in warnings)

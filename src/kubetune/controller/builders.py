@@ -224,10 +224,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], overlay: PodOverlay) -> dict[str, Any]:
-    """A pod template: the restricted security defaults, then the spec's overlay for this role.
+def scrape_annotations(port: int) -> dict[str, str]:
+    """Prometheus' pod-discovery convention (`prometheus.io/scrape|port|path`): a Prometheus that keeps
+    pods by these annotations scrapes the pod's metrics without the Prometheus Operator's PodMonitor."""
+    if not port:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
-    The main container is the first; kubetune's labels win over the overlay's.
+
+def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], overlay: PodOverlay,
+                  annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod template: the restricted security defaults and kubetune's `annotations`, then the spec's
+    overlay for this role.
+
+    The main container is the first; kubetune's labels win over the overlay's, the overlay's annotations
+    over kubetune's (e.g. `prometheus.io/scrape: "false"`).
     """
     spec = copy.deepcopy(pod_spec)
     spec["securityContext"] = _merge(POD_SECURITY_CONTEXT, overlay.security_context)
@@ -244,13 +255,13 @@ def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], ove
     if overlay.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in overlay.image_pull_secrets]
     metadata: dict[str, Any] = {"labels": {**overlay.labels, **labels(experiment, component)}}
-    if overlay.annotations:
-        metadata["annotations"] = dict(overlay.annotations)
+    if annotations or overlay.annotations:
+        metadata["annotations"] = {**(annotations or {}), **overlay.annotations}
     return {"metadata": metadata, "spec": spec}
 
 
 def _pod_template(experiment: str, component: str, container: dict, node_selector: dict, tolerations: list,
-                  service_account: str | None, overlay: PodOverlay) -> dict[str, Any]:
+                  service_account: str | None, overlay: PodOverlay, metrics_port: int) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container], "volumes": [dict(SHM_VOLUME)]}
     if node_selector:
         spec["nodeSelector"] = dict(node_selector)
@@ -258,7 +269,7 @@ def _pod_template(experiment: str, component: str, container: dict, node_selecto
         spec["tolerations"] = _tolerations(tolerations)
     if service_account:
         spec["serviceAccountName"] = service_account
-    return apply_overlay(experiment, component, spec, overlay)
+    return apply_overlay(experiment, component, spec, overlay, scrape_annotations(metrics_port))
 
 
 def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, settings: Settings) -> dict[str, Any]:
@@ -277,7 +288,8 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
         "template": _pod_template(
             experiment, COMPONENT_HEAD,
             _ray_container("ray-head", image, settings, rc.head.cpu, rc.head.memory, env=env, head=True),
-            rc.head.node_selector, rc.head.tolerations, rc.service_account_name, spec.pods.head),
+            rc.head.node_selector, rc.head.tolerations, rc.service_account_name, spec.pods.head,
+            settings.ray_metrics_port),
     }
     workers = []
     for group in rc.worker_groups:
@@ -292,7 +304,8 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
                 experiment, COMPONENT_WORKER,
                 _ray_container("ray-worker", image, settings, group.cpu, group.memory, gpu=group.gpu,
                                gpu_resource=group.gpu_resource, env=env),
-                group.node_selector, group.tolerations, rc.service_account_name, spec.pods.worker),
+                group.node_selector, group.tolerations, rc.service_account_name, spec.pods.worker,
+                settings.ray_metrics_port),
         })
     cluster_spec: dict[str, Any] = {
         "rayVersion": rc.ray_version,
@@ -376,7 +389,7 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
     }
     if settings.driver_service_account:
         pod_spec["serviceAccountName"] = settings.driver_service_account
-    template = apply_overlay(experiment, COMPONENT_DRIVER, pod_spec, spec.pods.driver)
+    template = apply_overlay(experiment, COMPONENT_DRIVER, pod_spec, spec.pods.driver, scrape_annotations(DRIVER_METRICS_PORT))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

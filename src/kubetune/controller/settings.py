@@ -74,7 +74,8 @@ class Settings:
     recheck_seconds: float = _setting(
         15.0, "Seconds between checks of an experiment that waits on something no watch reports: pods not "
         "starting (a missing Secret, an image that cannot be pulled, pods refused by Pod Security or a quota), "
-        "a missing driver service account.")
+        "a missing driver service account. Also how long the scheduler may refuse a pod (`Unschedulable`) before "
+        "the status names it.")
     error_backoff_seconds: float = _setting(
         10.0, "Seconds before a reconcile that failed unexpectedly (e.g. the API server was away) is retried.")
     log_level: str = _setting("INFO", "Log level of the operator: DEBUG, INFO, WARNING or ERROR.")
