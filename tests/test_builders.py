@@ -110,8 +110,25 @@ def test_configmap_holds_the_normalised_spec_and_no_secret():
     spec = spec_of(storage=S3)
     cm = builders.build_configmap("exp", "ns", spec)
     assert cm["metadata"]["name"] == "exp-spec" and cm["metadata"]["labels"]["kubetune.io/component"] == "spec"
-    assert json.loads(cm["data"]["spec.json"]) == spec.dump()
+    assert json.loads(cm["data"]["spec.json"]) == {k: v for k, v in spec.dump().items() if k not in ("pods", "suspend", "cleanup")}
     assert json.loads(cm["data"]["spec.json"])["storage"]["secretRef"] == "s3-credentials"
+
+
+def test_the_drivers_spec_leaves_out_what_only_the_operator_reads(tmp_path):
+    """Issue #10: spec.json always carried `pods`, which a driver image from before it refused; what only
+    the operator reads stays out, and the driver still gets every field it reads."""
+    from kubetune.driver_main import load_driver_experiment
+
+    spec = spec_of(storage=S3, suspend=False, cleanup={"deleteRayClusterOnFinish": False},
+                   pods={"driver": {"annotations": {"team": "ml"}}},
+                   rayCluster={"workerGroups": [{"name": "cpu", "replicas": 1, "cpu": "1", "memory": "3Gi"}]})
+    data = json.loads(builders.spec_json(spec))
+    assert not {"pods", "suspend", "cleanup"} & set(data)
+    (tmp_path / "spec.json").write_text(builders.spec_json(spec))
+    read = load_driver_experiment(str(tmp_path / "spec.json"), "exp", "ns").spec
+    kept = ("pods", "suspend", "cleanup")
+    assert {k: v for k, v in read.dump().items() if k not in kept} == {k: v for k, v in spec.dump().items() if k not in kept}
+    assert read.ray_cluster.worker_groups[0].cpu == "1"  # the driver checks that trials fit the workers
 
 
 def test_raycluster_has_head_worker_groups_gpus_scheduling_autoscaling_metrics_and_credentials_by_reference():

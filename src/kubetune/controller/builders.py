@@ -71,15 +71,28 @@ def configmap_name(experiment: str) -> str:
     return f"{experiment}-spec"
 
 
-def run_hash(spec: TuneExperimentSpec) -> str:
-    """What identifies one run of the search: the spec without the parts the driver does not read.
+# Parts of the spec only the operator reads: left out of the driver's spec.json, so that a driver image
+# older than the operator (e.g. from before spec.pods) still reads what the operator writes.
+OPERATOR_ONLY_KEYS = ("suspend", "cleanup", "pods")
 
-    suspend, cleanup and rayCluster may change under a running search without restarting it; any other
-    change (e.g. a raised search.numSamples) starts a new driver that continues from storage.
-    """
+
+def driver_spec(spec: TuneExperimentSpec) -> dict[str, Any]:
+    """The spec as the driver reads it (spec.json): without OPERATOR_ONLY_KEYS."""
     data = spec.dump()
-    for key in ("suspend", "cleanup", "rayCluster", "pods"):
+    for key in OPERATOR_ONLY_KEYS:
         data.pop(key, None)
+    return data
+
+
+def run_hash(spec: TuneExperimentSpec) -> str:
+    """What identifies one run of the search: the spec without the parts the search does not depend on.
+
+    suspend, cleanup, pods and rayCluster (the driver reads it only to check that trials fit) may change
+    under a running search without restarting it; any other change (e.g. a raised search.numSamples)
+    starts a new driver that continues from storage.
+    """
+    data = driver_spec(spec)
+    data.pop("rayCluster", None)
     return _digest(data)[:8]
 
 
@@ -182,7 +195,7 @@ def build_configmap(experiment: str, namespace: str, spec: TuneExperimentSpec) -
 
 
 def spec_json(spec: TuneExperimentSpec) -> str:
-    return json.dumps(spec.dump(), indent=2, sort_keys=True) + "\n"
+    return json.dumps(driver_spec(spec), indent=2, sort_keys=True) + "\n"
 
 
 def _ray_container(name: str, image: str, settings: Settings, cpu, memory, gpu: int = 0,
