@@ -8,12 +8,14 @@ import contextlib
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -34,12 +36,20 @@ SMALL = {
 }
 
 
+class PodS3(NamedTuple):
+    endpoint: str
+    client: object  # boto3's S3 client, as this process reaches the server
+    access_log: Path  # moto's log: one line per request, starting with the client's address
+
+
 @pytest.fixture(scope="session")
-def pod_s3(node_cluster):
+def pod_s3(node_cluster, tmp_path_factory):
     """moto's S3 server on the bridge address: the pods and this process reach it."""
     port = cluster_free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", BRIDGE_IP, "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path_factory.mktemp("moto") / "access.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", BRIDGE_IP, "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://{BRIDGE_IP}:{port}"
     import boto3
 
@@ -49,7 +59,7 @@ def pod_s3(node_cluster):
     wait_until(lambda: client.list_buckets() is not None, timeout=60, interval=0.3, message="moto_server")
     client.create_bucket(Bucket="results")
     try:
-        yield endpoint, client
+        yield PodS3(endpoint, client, log)
     finally:
         proc.terminate()
         try:
@@ -57,6 +67,17 @@ def pod_s3(node_cluster):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+_REQUEST = re.compile(r'^(\S+) - - \[[^]]*\] "[A-Z]+ [^"]*" (\d{3}) ')
+
+
+def s3_requests_by_client(access_log: Path, offset: int = 0) -> Counter:
+    """Requests in moto's access log after byte `offset`, by client address."""
+    with open(access_log, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    return Counter(m.group(1) for m in map(_REQUEST.match, text.splitlines()) if m)
 
 
 def cluster_free_port() -> int:
@@ -108,9 +129,9 @@ def _get(node_cluster, name: str) -> dict:
     return body
 
 
-def _worker_pod_ips(node_cluster, name: str) -> set[str]:
+def _pod_ips(node_cluster, name: str, component: str) -> set[str]:
     status, body = node_cluster.plane.request(
-        "GET", f"/api/v1/namespaces/{EXPERIMENTS_NS}/pods?labelSelector=kubetune.io/experiment={name},kubetune.io/component=worker")
+        "GET", f"/api/v1/namespaces/{EXPERIMENTS_NS}/pods?labelSelector=kubetune.io/experiment={name},kubetune.io/component={component}")
     return {p["status"].get("podIP") for p in body.get("items", []) if p["status"].get("podIP")}
 
 
@@ -138,7 +159,7 @@ def _experiment_pods(node_cluster, name: str) -> list:
 
 def _watch(node_cluster, doc: dict, t0: float, timeout: float, while_running) -> dict:
     name = doc["metadata"]["name"]
-    seen: dict = {"phases": [], "get_tunex": [], "worker_ips": set(), "t0": t0}
+    seen: dict = {"phases": [], "get_tunex": [], "worker_ips": set(), "driver_ips": set(), "t0": t0}
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         status = _get(node_cluster, name).get("status") or {}
@@ -151,7 +172,8 @@ def _watch(node_cluster, doc: dict, t0: float, timeout: float, while_running) ->
             seen["first_trial_running_s"] = round(time.monotonic() - t0, 1)
         if phase == "Running" and status.get("bestTrial") and len(seen["get_tunex"]) < 3:
             seen["get_tunex"].append(node_cluster.kubectl("get", "tunex", "-n", EXPERIMENTS_NS, name, check=False).stdout)
-        seen["worker_ips"] |= _worker_pod_ips(node_cluster, name)
+        seen["worker_ips"] |= _pod_ips(node_cluster, name, "worker")
+        seen["driver_ips"] |= _pod_ips(node_cluster, name, "driver")
         if while_running is not None and phase == "Running":
             while_running(status, seen)
         if phase in ("Succeeded", "Failed"):
@@ -167,17 +189,22 @@ def _watch(node_cluster, doc: dict, t0: float, timeout: float, while_running) ->
 
 
 def result_rows(client, prefix: str) -> tuple[dict[str, list[dict]], int]:
-    """The rows of every trial's result.json in S3 (by trial directory), and the number of checkpoint files."""
-    rows: dict[str, list[dict]] = defaultdict(list)
-    checkpoints = 0
+    """Every trial's reported iterations (the history in the driver's kubetune-results.json, by trial id)
+    and the number of checkpoint files under `prefix` in S3."""
+    rows: dict[str, list[dict]] = {}
+    checkpoints, results = 0, []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="results", Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
             if "/checkpoint_" in key:
                 checkpoints += 1
-            if key.endswith("/result.json"):
-                body = client.get_object(Bucket="results", Key=key)["Body"].read().decode()
-                rows[key.rsplit("/", 2)[-2]] += [json.loads(line) for line in body.splitlines() if line.strip()]
+            if key.endswith("/kubetune-results.json"):
+                results.append(key)
+    assert len(results) == 1, f"one kubetune-results.json under s3://results/{prefix}, found {results}"
+    doc = json.loads(client.get_object(Bucket="results", Key=results[0])["Body"].read())
+    for trial in doc["trials"]:
+        assert trial["id"] not in rows, f"trial {trial['id']} listed twice"
+        rows[trial["id"]] = trial["history"]
     return rows, checkpoints
 
 

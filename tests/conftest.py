@@ -26,7 +26,13 @@ RAY_MISSING_REASON = "Ray is not installed (pip install 'kubetune[tune]'): this 
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `ray` or using the `ray_local` fixture skip, with the reason, when Ray is missing."""
+    """The image and cluster tests run last: `./dev test` builds what they need in the background while
+    the others run. Tests marked `ray` or using the `ray_local` fixture skip, with the reason, when Ray
+    is missing."""
+    def late(item) -> int:
+        return 2 if item.get_closest_marker("cluster") else 1 if item.get_closest_marker("images") else 0
+
+    items.sort(key=late)  # stable: the order within each group stays
     if not ray_missing():
         return
     skip = pytest.mark.skip(reason=RAY_MISSING_REASON)

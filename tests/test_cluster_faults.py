@@ -11,10 +11,11 @@ from collections import Counter
 
 import pytest
 
+from tests.cluster import CLUSTER_MARKS
 from tests.cluster_flow import (EXPERIMENTS_NS, RELEASE_NS, create_s3_secret, experiment_doc, result_rows,
                                 run_on_cluster)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 # Which pods each fault deletes (a label selector, in its namespace).
 FAULTS = {
@@ -27,7 +28,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_experiment_survives_pod_deletion_while_trials_run(node_cluster, kubetune_installed, pod_s3, fault):
-    endpoint, client = pod_s3
+    endpoint, client, _ = pod_s3
     create_s3_secret(node_cluster)
     name = f"fault-{fault}-{uuid.uuid4().hex[:4]}"
     # Trials of a few seconds each (2 at a time): the fault lands while some are done, some run.

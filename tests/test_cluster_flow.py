@@ -11,19 +11,22 @@ import uuid
 
 import pytest
 
-from tests.cluster_flow import create_s3_secret, experiment_doc, kubetune_run_locally, result_rows, run_on_cluster
+from tests.cluster import CLUSTER_MARKS
+from tests.cluster_flow import (create_s3_secret, experiment_doc, kubetune_run_locally, result_rows, run_on_cluster,
+                                s3_requests_by_client)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 
 @pytest.mark.parametrize("example", ["sleep-asha.yaml", "quickstart.yaml"])
 def test_kubectl_apply_example_succeeds_with_trials_in_worker_pods_and_results_in_s3(
         node_cluster, kubetune_installed, pod_s3, example):
-    endpoint, client = pod_s3
+    endpoint, client, access_log = pod_s3
     create_s3_secret(node_cluster)
     name = example.split(".")[0] + "-" + uuid.uuid4().hex[:4]
     doc = experiment_doc(example, name, endpoint, name)
 
+    log_offset = access_log.stat().st_size
     seen = run_on_cluster(node_cluster, doc)
     status = seen["status"]
     assert status["phase"] == "Succeeded", (seen["phases"], status)
@@ -43,8 +46,45 @@ def test_kubectl_apply_example_succeeds_with_trials_in_worker_pods_and_results_i
     # Every result came from a Ray worker pod (the head has num-cpus 0, the driver no resources).
     assert ips and ips <= seen["worker_ips"], (ips, seen["worker_ips"])
 
+    # S3 requests from the driver pod (experiment state, results) and from the worker pods (checkpoints),
+    # per trial-iteration: the driver saves its state at most every 5 s and when a trial ends (issue #10
+    # point 4: it made 200-300 requests a second when it saved after every result).
+    by_client = s3_requests_by_client(access_log, log_offset)
+    driver = sum(n for ip, n in by_client.items() if ip in seen["driver_ips"])
+    workers = sum(n for ip, n in by_client.items() if ip in seen["worker_ips"])
+    assert seen["driver_ips"] and driver > 0, (seen["driver_ips"], by_client)
+    assert driver / rows <= 15, (driver, rows, by_client)
+
     local_s = kubetune_run_locally(doc)
     print(f"\n[cluster] {example}: kubectl apply → first result {seen['first_result_s']:.1f}s, "
           f"→ Succeeded {seen['done_s']:.1f}s; kubetune run {local_s:.1f}s "
           f"(ratio {seen['done_s'] / local_s:.2f}); {rows} results, {checkpoints} checkpoint files in S3; "
-          f"first trial running at {seen.get('first_trial_running_s')}s; phases (s after apply) {seen['phases']}")
+          f"S3 requests: driver pod {driver} ({driver / rows:.2f} per trial-iteration), worker pods {workers} "
+          f"({workers / rows:.2f}); first trial running at {seen.get('first_trial_running_s')}s; "
+          f"phases (s after apply) {seen['phases']}")
+
+
+def test_local_storage_with_worker_pods_is_marked_and_never_succeeds_with_an_errored_best_trial(
+        node_cluster, kubetune_installed):
+    """Issue #10 point 2: no object storage on a cluster. The operator marks it (StorageReady=False,
+    LocalStorage); a checkpointing trial on a worker pod cannot write to the driver pod's disk, and the
+    experiment must not end `Succeeded` with that errored trial as its best."""
+    name = f"local-{uuid.uuid4().hex[:4]}"
+    doc = experiment_doc("sleep-asha.yaml", name, "", "")
+    spec = doc["spec"]
+    del spec["storage"]
+    spec["trainable"]["config"] = {"iterations": 3, "sleep_s": 0.2}  # it checkpoints every iteration
+    spec["search"]["numSamples"] = 2
+    spec["scheduler"] = {"type": "fifo"}
+
+    seen = run_on_cluster(node_cluster, doc, timeout=900)
+    status = seen["status"]
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    storage = conditions.get("StorageReady", {})
+    assert (storage.get("status"), storage.get("reason")) == ("False", "LocalStorage"), conditions
+    trials = status.get("trials") or {}
+    best = status.get("bestTrial") or {}
+    print(f"\n[cluster] local storage with a worker pod: phase {status['phase']}, trials {trials}, "
+          f"best {best.get('id')}, conditions "
+          f"{[(c['type'], c['status'], c.get('reason'), c.get('message', '')[:300]) for c in conditions.values()]}")
+    assert not (status["phase"] == "Succeeded" and trials.get("error")), status

@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from tests.cluster import CLUSTER_MARKS
 from tests.cluster_flow import EXPERIMENTS_NS, create_s3_secret, experiment_doc, run_on_cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def node_with_gpus(node_cluster):
 
 
 def test_fractional_trial_gpus_on_a_gpu_worker_group(node_cluster, kubetune_installed, pod_s3, node_with_gpus):
-    endpoint, _ = pod_s3
+    endpoint = pod_s3.endpoint
     create_s3_secret(node_cluster)
     name = f"gpu-{uuid.uuid4().hex[:4]}"
     doc = experiment_doc("sleep-asha.yaml", name, endpoint, name)

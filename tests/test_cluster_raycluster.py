@@ -11,9 +11,10 @@ import pytest
 from kubetune.api.load import load_spec
 from kubetune.controller.builders import build_raycluster
 from kubetune.controller.settings import Settings
+from tests.cluster import CLUSTER_MARKS
 from tests.envtest import wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = CLUSTER_MARKS
 
 # 2 CPUs are allocatable on this node: Ray pods must ask for little.
 SMALL_SPEC = {

@@ -181,6 +181,12 @@ def test_driver_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_p
         # a finished trial was never trained again: any later start resumed at its last iteration
         restarts = sorted(marks.glob(f"start-{trial_id}-*"))[1:]
         assert all(p.read_text() == "5" for p in restarts), [p.read_text() for p in restarts]
+        # its history (saved with the experiment state) came through the kill whole, from the first driver
+        history = by_id[trial_id]["history"]
+        assert [r["training_iteration"] for r in history] == [1, 2, 3, 4, 5], history
+    # every trial's history ends at its last iteration; one running at the kill may repeat a few
+    for t in results["trials"]:
+        assert t["history"] and t["history"][-1]["training_iteration"] == 5, t["history"]
 
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
@@ -220,6 +226,24 @@ def test_raising_num_samples_continues_a_finished_experiment(ray_local, tmp_path
     for t in more.snapshot.trials:
         if t.id in old:
             assert t.metric == old[t.id].metric and t.config == old[t.id].config
+
+
+def test_results_carry_each_trials_reported_iterations(ray_local, tmp_path, monkeypatch):
+    """kubetune-results.json holds every trial's history: what Tune's result.json would say, a few keys a row."""
+    exp = load_experiment(doc("history", "kubetune_trials.sleep:train", {"x": {"grid": [0.25, 0.5]}},
+                              config={"iterations": 4, "sleep_s": 0.01}, search={"numSamples": 1}))
+    monkeypatch.setenv("KUBETUNE_HISTORY_ROWS", "3")
+    outcome = run_experiment(exp, storage_override=str(tmp_path))
+    assert outcome.status == "succeeded", outcome.message
+    results = json.loads((tmp_path / "history" / "kubetune-results.json").read_text())
+    assert len(results["trials"]) == 2
+    for t in results["trials"]:
+        rows = t["history"]
+        assert [r["training_iteration"] for r in rows] == [2, 3, 4], rows  # the latest 3 of 4
+        assert t["historyDropped"] == 1
+        assert set(rows[0]) == {"training_iteration", "score", "time_total_s", "timestamp", "node_ip", "pid"}
+        assert rows[-1]["score"] == t["metric"]
+        assert rows[0]["time_total_s"] < rows[-1]["time_total_s"]
 
 
 # ---------------------------------------------------------------- true states, best trial, errors in words (#9)

@@ -14,6 +14,8 @@
 # Environment: KUBETUNE_K8S_VERSION (as envtest), KUBETUNE_COREDNS_VERSION, KUBETUNE_KUBERAY_VERSION,
 #   KUBETUNE_CLUSTER_DIR (cache dir), GO, GOFLAGS (default -p=2: the machine is shared).
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 K8S_VERSION="${KUBETUNE_K8S_VERSION:-v1.35.8}"
 COREDNS_VERSION="${KUBETUNE_COREDNS_VERSION:-v1.12.4}"
@@ -46,9 +48,8 @@ for p in "${PKGS[@]}"; do
 done
 if [ "${#MISSING[@]}" -gt 0 ]; then
   log "apt-get install -y ${MISSING[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  ${SUDO} apt-get update -qq
-  ${SUDO} apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${MISSING[@]}"
 fi
 log "containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | head -1 | awk '{print $3}')"
 

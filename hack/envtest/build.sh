@@ -13,6 +13,8 @@
 #   KUBETUNE_ENVTEST_DIR   cache dir (default <repo>/.cache/envtest)
 #   GO                     go binary (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 K8S_VERSION="${KUBETUNE_K8S_VERSION:-v1.35.8}"
 
@@ -32,14 +34,13 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 APT_UPDATED=0
 apt_install() {
   # apt_install PKG... : install Debian packages, running `apt-get update` first when needed.
-  export DEBIAN_FRONTEND=noninteractive
   if [ "${APT_UPDATED}" = "0" ]; then
     log "apt-get update"
-    ${SUDO} apt-get update -qq
+    apt_get update -qq
     APT_UPDATED=1
   fi
   log "apt-get install -y $*"
-  ${SUDO} apt-get install -y -qq --no-install-recommends "$@"
+  apt_get install -y -qq --no-install-recommends "$@"
 }
 
 # One build at a time (e.g. several pytest-xdist workers calling this script at once).

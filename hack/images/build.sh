@@ -22,6 +22,8 @@
 #   KUBETUNE_BUILDAH_DRIVER  storage driver: overlay where the kernel lets us mount it (probed), else vfs
 #   DEBIAN_MIRROR         mirror for debootstrap (default http://deb.debian.org/debian)
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
@@ -46,9 +48,8 @@ command -v buildah >/dev/null 2>&1 || missing+=(buildah)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install -y ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  ${SUDO} apt-get update -qq
-  ${SUDO} apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
 fi
 
 mkdir -p "${CACHE_DIR}"

@@ -5,6 +5,8 @@
 # Idempotent: nothing happens when both are already on PATH. The package's own service is
 # neither needed nor started (the test runs its own server on a random port and data dir).
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 log() { echo "[prometheus/install] $(date +%H:%M:%S) $*"; }
 
@@ -25,7 +27,7 @@ fi
 trap '[ "${ADDED_POLICY}" = "1" ] && rm -f "${POLICY}"' EXIT
 
 log "apt-get update"
-${SUDO} apt-get -o DPkg::Lock::Timeout=900 update -qq
+apt_get update -qq
 log "apt-get install -y prometheus"
-${SUDO} apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends prometheus
+apt_get install -y -qq --no-install-recommends prometheus
 log "installed: $(command -v prometheus) ($(prometheus --version 2>&1 | head -1))"

@@ -17,7 +17,8 @@ from kubetune.api import exitcodes
 from kubetune.api.spec import TuneExperiment, TuneExperimentSpec
 from kubetune.tune.signals import StopSignals, exit_code
 from kubetune.tune.storage import ResolvedStorage, check_storage, resolve_storage
-from kubetune.tune.tracking import ExperimentTracker, ObjectiveStopper, Snapshot, TrialRecord, TrialState, best_key
+from kubetune.tune.tracking import (ExperimentTracker, ObjectiveStopper, Snapshot, TrialHistory, TrialRecord, TrialState,
+                                    best_key)
 
 log = logging.getLogger("kubetune.driver")
 
@@ -300,7 +301,8 @@ def run_experiment(
 # Tune's per-trial logger files (result.json, progress.csv, params.*, TensorBoard events) live in the
 # experiment folder, and every experiment-state save uploads that whole folder again: on S3 they made
 # 51 requests per trial-iteration on the quickstart (bench/). kubetune-results.json keeps every trial's
-# last result, so on S3 they are off unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
+# last result and its history (each reported iteration, tracking.HISTORY_KEYS), so on S3 they are off
+# unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
 LOGGERS_OFF_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
@@ -421,8 +423,17 @@ def results_document(name: str, spec: TuneExperimentSpec, outcome: Outcome) -> d
         "bestTrialRule": BEST_TRIAL_RULE,
         "errors": [{"error": text, "trials": ids} for text, ids in outcome.snapshot.errors()],
         "warnings": outcome.snapshot.warnings,
-        "trials": [t.to_dict() for t in sorted(outcome.snapshot.trials, key=lambda t: best_key(t, spec.objective.mode))],
+        "trials": [_with_history(t.to_dict(), outcome.snapshot.history.get(t.id))
+                   for t in sorted(outcome.snapshot.trials, key=lambda t: best_key(t, spec.objective.mode))],
     }
+
+
+def _with_history(trial: dict[str, Any], history: TrialHistory | None) -> dict[str, Any]:
+    """A trial's entry with every iteration it reported (rows as in Tune's result.json, a few keys each)."""
+    trial["history"] = history.rows if history else []
+    if history and history.dropped:
+        trial["historyDropped"] = history.dropped  # the oldest rows, past KUBETUNE_HISTORY_ROWS
+    return trial
 
 
 def _write_results(storage: ResolvedStorage, name: str, spec: TuneExperimentSpec, outcome: Outcome) -> None:

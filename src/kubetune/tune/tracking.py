@@ -31,6 +31,13 @@ EARLY_STOP_KEY = "kubetune_early_stopped"
 UNREAD_KEY = "kubetune_unread_parameters"  # kubetune.trial.UNREAD_KEY (the driver does not import the trial API)
 AUTO_RESULT_KEYS |= {EARLY_STOP_KEY, UNREAD_KEY, "_kubetune"}  # the last: kubetune.trial_stats.RESULT_KEY
 
+# Each trial's reported iterations, kept by ExperimentTracker (with the experiment state, so across a
+# resume) and written into kubetune-results.json: what Tune's per-trial result.json said, without the
+# logger files (off on S3: see driver.LOGGERS_OFF_ENV). Per row: these keys plus the objective.
+HISTORY_KEYS = ("training_iteration", "time_total_s", "timestamp", "node_ip", "pid")
+HISTORY_ROWS_ENV = "KUBETUNE_HISTORY_ROWS"  # rows kept per trial (the latest); older ones are counted
+DEFAULT_HISTORY_ROWS = 500
+
 
 class TrialState:
     """A trial's state as kubetune shows it (table, kubetune-results.json, status.trials)."""
@@ -93,6 +100,8 @@ class Snapshot:
     elapsed_s: float = 0.0
     interrupted_by: str | None = None  # SIGINT / SIGTERM when the run was interrupted
     warnings: list[str] = field(default_factory=list)  # e.g. sampled parameters the trainable never reads
+    # trial id -> its reported iterations (see HISTORY_KEYS); the tracker's own dict, not a copy
+    history: dict[str, "TrialHistory"] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -124,6 +133,30 @@ class Snapshot:
                 text = f"{err.get('type', 'Error')}: {err.get('message', '')}".rstrip(": ")
                 groups.setdefault(text, []).append(t.id)
         return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+
+
+@dataclass
+class TrialHistory:
+    """One trial's reported iterations in order, as they arrived: a trial restarted from an older
+    checkpoint (after a fault) reports some iterations again, and both rows stay."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dropped: int = 0  # older rows left out to stay within the row limit
+
+    def add(self, row: dict[str, Any], limit: int) -> None:
+        self.rows.append(row)
+        if len(self.rows) > limit:
+            excess = len(self.rows) - limit
+            del self.rows[:excess]
+            self.dropped += excess
+
+
+def history_row(result: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The part of a result a trial's history keeps: HISTORY_KEYS and the objective (inf/NaN as text)."""
+    row = {key: result[key] for key in HISTORY_KEYS if key in result}
+    if _jsonable(result.get(metric)):
+        row[metric] = _plain(result[metric])
+    return row
 
 
 def _uri(checkpoint: Any, storage_uri_root: str | None, storage_root: str | None) -> str | None:
@@ -366,7 +399,9 @@ class ExperimentTracker(Callback):
         self._demand_text: str | None = None
         self._last_emit = 0.0
         self._start = time.monotonic()
-        self.snapshot = Snapshot(metric, mode, budget)
+        self.history: dict[str, TrialHistory] = {}
+        self.history_rows = int(os.environ.get(HISTORY_ROWS_ENV) or DEFAULT_HISTORY_ROWS)
+        self.snapshot = Snapshot(metric, mode, budget, history=self.history)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its RunConfig into the experiment; the sinks (a terminal, an API client) stay out.
@@ -374,6 +409,20 @@ class ExperimentTracker(Callback):
         state["sinks"] = []
         state["stopper"] = None
         return state
+
+    # Tune saves a callback's get_state() with the experiment state (same throttle, same upload) and
+    # hands it back through set_state() on a resume: the history outlives a killed driver.
+    def get_state(self) -> dict[str, Any] | None:
+        if not self.history and not self.warnings:
+            return None
+        return {"history": {i: (h.rows, h.dropped) for i, h in self.history.items()},
+                "warnings": list(self.warnings)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for trial_id, (rows, dropped) in (state.get("history") or {}).items():
+            self.history[trial_id] = TrialHistory(list(rows), dropped)
+        for text in state.get("warnings") or []:
+            self._warn(text)
 
     def _refresh(self, trials: list[Any], force: bool = False) -> None:
         now = time.monotonic()
@@ -393,6 +442,7 @@ class ExperimentTracker(Callback):
             elapsed_s=now - self._start,
             interrupted_by=self.interrupted_by,
             warnings=list(self.warnings),
+            history=self.history,
         )
         for sink in self.sinks:
             sink(self.snapshot)
@@ -435,6 +485,7 @@ class ExperimentTracker(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._waiting_since[trial.trial_id] = (trial.status, time.monotonic())  # a result: it is not waiting
         self._mark_early_stop(trial, result)  # Tune stores this result as the trial's last result next
+        self.history.setdefault(trial.trial_id, TrialHistory()).add(history_row(result, self.metric), self.history_rows)
         unread = result.pop(UNREAD_KEY, None)
         if unread:
             self._warn(unread_warning(unread.get("unread", []), unread.get("missing", [])))
