@@ -602,53 +602,13 @@ class Toleration(SpecModel):
     """For NoExecute: how long the pod stays bound."""
 
 
-class HeadGroup(SpecModel):
-    """The Ray head pod."""
+class RayGroup(SpecModel):
+    """What the head and every worker group set alike: their pods' size and placement, `ray start` parameters."""
 
-    cpu: Quantity = "2"
+    cpu: Quantity
     """CPU request and limit."""
-    memory: Quantity = "8Gi"
+    memory: Quantity
     """Memory request and limit."""
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
-    """Node selector."""
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
-    """Tolerations."""
-    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
-        default_factory=dict, max_length=MAX_MAP)
-    """Extra `ray start` parameters."""
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
-    def _quantities(cls, value: str | int) -> str | int:
-        return _check_quantity(value)
-
-    @field_validator("ray_start_params")
-    @classmethod
-    @cel(*_ray_start_params_cel())
-    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
-        return _check_ray_start_params(params)
-
-
-class WorkerGroup(SpecModel):
-    """A group of identical Ray worker pods."""
-
-    name: Annotated[str, StringConstraints(max_length=30)]
-    """Group name, a DNS label."""
-    replicas: int = Field(default=1, ge=0)
-    """Initial number of workers."""
-    min_replicas: int = Field(default=0, ge=0)
-    """Fewest workers the autoscaler keeps."""
-    max_replicas: int | None = Field(default=None, ge=0)
-    """Most workers the autoscaler starts (default replicas)."""
-    cpu: Quantity = "4"
-    """CPU request and limit per worker."""
-    memory: Quantity = "16Gi"
-    """Memory request and limit per worker."""
-    gpu: int = Field(default=0, ge=0)
-    """GPUs per worker (requests and limits of gpuResource)."""
-    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
-    """Extended resource name of the GPUs."""
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector, e.g. a GPU node pool."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
@@ -668,6 +628,36 @@ class WorkerGroup(SpecModel):
     @cel(*_ray_start_params_cel())
     def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
         return _check_ray_start_params(params)
+
+
+class HeadGroup(RayGroup):
+    """The Ray head pod."""
+
+    cpu: Quantity = "2"
+    """CPU request and limit."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit."""
+
+
+class WorkerGroup(RayGroup):
+    """A group of identical Ray worker pods."""
+
+    name: Annotated[str, StringConstraints(max_length=30)]
+    """Group name, a DNS label."""
+    replicas: int = Field(default=1, ge=0)
+    """Initial number of workers."""
+    min_replicas: int = Field(default=0, ge=0)
+    """Fewest workers the autoscaler keeps."""
+    max_replicas: int | None = Field(default=None, ge=0)
+    """Most workers the autoscaler starts (default replicas)."""
+    cpu: Quantity = "4"
+    """CPU request and limit per worker."""
+    memory: Quantity = "16Gi"
+    """Memory request and limit per worker."""
+    gpu: int = Field(default=0, ge=0)
+    """GPUs per worker (requests and limits of gpuResource)."""
+    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
+    """Extended resource name of the GPUs."""
 
     @field_validator("name")
     @classmethod
