@@ -188,20 +188,24 @@ def quantity_to_bytes(value: str | int) -> int:
 # ---------------------------------------------------------------- parameters (search space)
 
 
-class Range(SpecModel):
+class Bounds(SpecModel):
+    """A min below a max: what Range and IntRange check alike (each types and documents the two)."""
+
+    @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
+    def _ordered(self) -> "Bounds":
+        if not self.min < self.max:
+            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
+        return self
+
+
+class Range(Bounds):
     """A continuous range [min, max)."""
 
     min: float
     """Lower bound (inclusive)."""
     max: float
     """Upper bound (exclusive)."""
-
-    @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
-    def _ordered(self) -> "Range":
-        if not self.min < self.max:
-            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
-        return self
 
 
 class QRange(Range):
@@ -241,20 +245,13 @@ class QNormal(Normal):
     """Quantisation step."""
 
 
-class IntRange(SpecModel):
+class IntRange(Bounds):
     """An integer range [min, max], both bounds inclusive."""
 
     min: int
     """Lower bound (inclusive)."""
     max: int
     """Upper bound (inclusive)."""
-
-    @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
-    def _ordered(self) -> "IntRange":
-        if not self.min < self.max:
-            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
-        return self
 
 
 class QIntRange(IntRange):
