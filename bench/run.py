@@ -4,12 +4,15 @@
    2 CPUs: at least 8 s) through plain `tune.Tuner(...).fit()` with Ray Tune's defaults, plain Ray
    Tune with `reuse_actors=True` (for reference), and kubetune's driver (what `kubetune run` calls),
    alternated round by round. All share one embedded Ray started before timing, so each wall time
-   is the experiment itself, not Ray's start-up.
+   is the experiment itself, not Ray's start-up. For each, where the time above the minimum goes
+   (bench/attribution.py: actor start, trial reset and setup, the per-result round trip, slots left
+   free between trials, before the first and after the last trial) and the driver's time per
+   callback and experiment-state save; the load average is printed next to the ratios.
 2. ASHA against FIFO on the quickstart: iterations consumed, wall time and best accuracy.
 3. S3 against local storage on the quickstart: wall time with moto's S3 server over local storage
    (target <= 1.10), and the S3 requests the run makes per trial-iteration (moto's access log).
 
-    ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3]
+    ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3] [--variants kubetune,reuse,defaults]
 """
 
 from __future__ import annotations
