@@ -455,3 +455,20 @@ def test_s3_skips_the_instance_metadata_service_unless_it_is_the_only_credential
     assert skip_instance_metadata(aws, {"KUBETUNE_S3_SECRET_DIR": str(tmp_path)})
     assert not skip_instance_metadata(aws, {})  # an EC2 instance profile is the only source
     assert not skip_instance_metadata(minio, {"AWS_EC2_METADATA_DISABLED": "false"})  # the user decides
+
+
+def test_ray_storage_error_is_said_in_the_specs_terms():
+    """A checkpointing trial on a Ray node that cannot reach local storage (issue #10 point 2): Ray's message
+    names `RunConfig(storage_path)`; the user's file has spec.storage.uri."""
+    from kubetune.tune.tracking import in_spec_terms, parse_error_text
+
+    ray_text = ("Traceback (most recent call last):\n  File \"storage.py\", line 565, in persist_current_checkpoint\n"
+                "RuntimeError: Unable to set up cluster storage with the following settings:\nStorageContext<\n"
+                "  storage_filesystem='local',\n>\nCheck that all nodes in the cluster have read/write access to the "
+                "configured storage path. `RunConfig(storage_path)` should be set to a cloud storage URI")
+    details = in_spec_terms(parse_error_text(ray_text))
+    assert details["type"] == "RuntimeError"
+    assert details["message"].startswith("spec.storage.uri: ") and "s3://" in details["message"]
+    assert "RunConfig" not in details["message"] and any("persist_current_checkpoint" in l for l in details["traceback"])
+    other = parse_error_text("Traceback (most recent call last):\nValueError: boom")
+    assert in_spec_terms(other) == other

@@ -209,8 +209,29 @@ def parse_error_text(text: str, keep: int = 8) -> dict[str, Any]:
             "traceback": lines[-keep:]}
 
 
+# Ray errors whose words point at Ray's own API, said in the spec's terms (matched in the message).
+RAY_ERRORS_IN_SPEC_TERMS = (
+    ("Unable to set up cluster storage",
+     "spec.storage.uri: the trial's Ray node cannot reach the experiment's local storage (a directory on the "
+     "driver's machine), so the trial could not save its checkpoint; on a cluster use s3://bucket/prefix, "
+     "which every node reaches"),
+)
+
+
+def in_spec_terms(details: dict[str, Any]) -> dict[str, Any]:
+    """`details` with a known Ray message replaced by what to change in the spec (Ray's words stay in the traceback)."""
+    for marker, text in RAY_ERRORS_IN_SPEC_TERMS:
+        if marker in details.get("message", ""):
+            return {**details, "message": text}
+    return details
+
+
 def error_details(trial: Any) -> dict[str, Any]:
     """The exception a trial failed with: type, message and the last lines of its traceback."""
+    return in_spec_terms(_error_details(trial))
+
+
+def _error_details(trial: Any) -> dict[str, Any]:
     exc = None
     pickled = getattr(trial, "pickled_error_file", None)
     if pickled and os.path.exists(pickled):
