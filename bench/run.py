@@ -4,12 +4,15 @@
    2 CPUs: at least 8 s) through plain `tune.Tuner(...).fit()` with Ray Tune's defaults, plain Ray
    Tune with `reuse_actors=True` (for reference), and kubetune's driver (what `kubetune run` calls),
    alternated round by round. All share one embedded Ray started before timing, so each wall time
-   is the experiment itself, not Ray's start-up.
+   is the experiment itself, not Ray's start-up. For each, where the time above the minimum goes
+   (bench/attribution.py: actor start, trial reset and setup, the per-result round trip, slots left
+   free between trials, before the first and after the last trial) and the driver's time per
+   callback and experiment-state save; the load average is printed next to the ratios.
 2. ASHA against FIFO on the quickstart: iterations consumed, wall time and best accuracy.
 3. S3 against local storage on the quickstart: wall time with moto's S3 server over local storage
    (target <= 1.10), and the S3 requests the run makes per trial-iteration (moto's access log).
 
-    ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3]
+    ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3] [--variants kubetune,reuse,defaults]
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from attribution import Attribution  # noqa: E402
 
 TRIALS, ITERATIONS, SLEEP_S, CPUS = 16, 20, 0.05, 2
 MINIMUM_S = TRIALS * ITERATIONS * SLEEP_S / CPUS
@@ -39,19 +45,19 @@ def plain_sleep(config):
         tune.report({"score": score(config["x"], iteration)})
 
 
-def run_plain(reuse_actors: bool) -> float:
+def run_plain(reuse_actors: bool, attribution: Attribution) -> float:
     from ray import tune
 
-    started = time.perf_counter()
-    tuner = tune.Tuner(
-        tune.with_resources(plain_sleep, {"cpu": 1}),
-        param_space={"x": tune.uniform(0, 1), "iterations": ITERATIONS, "sleep_s": SLEEP_S},
-        tune_config=tune.TuneConfig(num_samples=TRIALS, metric="score", mode="max", reuse_actors=reuse_actors),
-        run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-plain-"), verbose=0),
-    )
-    results = tuner.fit()
+    with attribution:
+        tuner = tune.Tuner(
+            tune.with_resources(plain_sleep, {"cpu": 1}),
+            param_space={"x": tune.uniform(0, 1), "iterations": ITERATIONS, "sleep_s": SLEEP_S},
+            tune_config=tune.TuneConfig(num_samples=TRIALS, metric="score", mode="max", reuse_actors=reuse_actors),
+            run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-plain-"), verbose=0),
+        )
+        results = tuner.fit()
     assert len(results) == TRIALS and not results.errors
-    return time.perf_counter() - started
+    return attribution.t_end - attribution.t0
 
 
 def sleep_experiment():
@@ -71,34 +77,113 @@ def sleep_experiment():
     })
 
 
-def run_kubetune(experiment) -> float:
+def run_kubetune(experiment, attribution: Attribution) -> float:
+    """What `kubetune run` does: the driver with its progress display (as off a terminal) and metrics."""
+    import io
+
     from kubetune.tune.driver import run_experiment
+    from kubetune.tune.progress import LiveProgress, make_console
 
-    started = time.perf_counter()
-    outcome = run_experiment(experiment, storage_override=tempfile.mkdtemp(prefix="bench-kubetune-"))
+    console = make_console()
+    console.file = io.StringIO()
+    with LiveProgress(console) as progress, attribution:
+        outcome = run_experiment(experiment, storage_override=tempfile.mkdtemp(prefix="bench-kubetune-"),
+                                 sinks=[attribution.sink(progress)])
     assert outcome.status == "succeeded" and outcome.snapshot.counts["terminated"] == TRIALS, outcome.message
-    return time.perf_counter() - started
+    return attribution.t_end - attribution.t0
 
 
-def overhead_bench(rounds: int) -> None:
+VARIANTS = ("plain (defaults)", "plain (reuse_actors=True)", "kubetune")
+VARIANT_NAMES = {"defaults": VARIANTS[0], "reuse": VARIANTS[1], "kubetune": VARIANTS[2]}  # --variants
+
+
+def _mean_rows(runs: list[list[tuple]]) -> list[tuple]:
+    """Rows (name, value...) averaged over rounds, by name (a row missing from a round counts 0)."""
+    names: list[str] = []
+    for rows in runs:
+        names += [row[0] for row in rows if row[0] not in names]
+    width = len(runs[0][0])
+    by_name = [{row[0]: row for row in rows} for rows in runs]
+    return [(name, *[statistics.mean(r[name][i] if name in r else 0 for r in by_name) for i in range(1, width)])
+            for name in names]
+
+
+def overhead_bench(rounds: int, variants: tuple[str, ...] = VARIANTS) -> dict[str, float]:
     experiment = sleep_experiment()
     print(f"== trial overhead: {TRIALS} trials x {ITERATIONS} x {SLEEP_S * 1000:.0f} ms on {CPUS} CPUs "
           f"(minimum {MINIMUM_S:.1f} s), {rounds} round(s)")
-    run_kubetune(experiment)  # warm-up: imports in this process, not timed
-    walls: dict[str, list[float]] = {"plain (defaults)": [], "plain (reuse_actors=True)": [], "kubetune": []}
+    run_kubetune(experiment, Attribution(CPUS, SLEEP_S))  # warm-up: imports in this process, not timed
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    rows: dict[str, list] = {name: [] for name in variants}
+    driver: dict[str, list] = {name: [] for name in variants}
     for r in range(rounds):
-        for name, fn in (("plain (defaults)", lambda: run_plain(False)),
-                         ("kubetune", lambda: run_kubetune(experiment)),
-                         ("plain (reuse_actors=True)", lambda: run_plain(True))):
-            wall = fn()
+        for name, fn in (("plain (defaults)", lambda a: run_plain(False, a)),
+                         ("kubetune", lambda a: run_kubetune(experiment, a)),
+                         ("plain (reuse_actors=True)", lambda a: run_plain(True, a))):
+            if name not in variants:
+                continue
+            attribution = Attribution(CPUS, SLEEP_S)
+            wall = fn(attribution)
             walls[name].append(wall)
-            print(f"  round {r + 1}  {name:28s} {wall:6.2f} s", flush=True)
+            rows[name].append(attribution.rows())
+            driver[name].append(attribution.driver_rows())
+            print(f"  round {r + 1}  {name:28s} {wall:6.2f} s   load {_load()}", flush=True)
     med = {name: statistics.median(v) for name, v in walls.items()}
+    print_attribution({name: _mean_rows(v) for name, v in rows.items()},
+                      {name: statistics.mean(v) - MINIMUM_S for name, v in walls.items()})
+    print_driver({name: _mean_rows(v) for name, v in driver.items()})
     for name, value in med.items():
         print(f"  median {name:28s} {value:6.2f} s  ({value / MINIMUM_S:.2f} x minimum)")
-    print(f"  kubetune / plain (defaults)      = {med['kubetune'] / med['plain (defaults)']:.2f}   (target <= 0.5)")
-    print(f"  kubetune / minimum               = {med['kubetune'] / MINIMUM_S:.2f}   (target <= 1.3)")
-    print(f"  kubetune / plain (reuse_actors)  = {med['kubetune'] / med['plain (reuse_actors=True)']:.2f}")
+    ratios = {}
+    if "kubetune" in med:
+        for label, other, target in (("kubetune / plain (defaults)", "plain (defaults)", "<= 0.5"),
+                                     ("kubetune / minimum", None, "<= 1.25"),
+                                     ("kubetune / plain (reuse_actors)", "plain (reuse_actors=True)", "<= 0.95")):
+            if other is None or other in med:
+                ratios[label] = (med["kubetune"] / (med[other] if other else MINIMUM_S), target)
+    for label, (value, target) in ratios.items():
+        print(f"  {label:32s} = {value:.2f}   (target {target})   load {_load()}")
+    return {label: value for label, (value, _t) in ratios.items()}
+
+
+def _load() -> str:
+    import os
+
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def print_attribution(rows: dict[str, list[tuple[str, float]]], overhead: dict[str, float]) -> None:
+    """Where the wall time above the minimum goes (wall-equivalent seconds: CPU slot-seconds / CPUs)."""
+    names = list(rows)
+    print(f"  where the time above the minimum goes (mean of the rounds; seconds = CPU slot-seconds / {CPUS}):")
+    print(f"    {'component':42s}" + "".join(f"{n[:24]:>26s}" for n in names))
+    print(f"    {'':42s}" + "".join(f"{'s':>14s}{'share':>12s}" for _ in names))
+    for i, (component, _) in enumerate(rows[names[0]]):
+        cells = ""
+        for n in names:
+            seconds = rows[n][i][1]
+            cells += f"{seconds:14.2f}{seconds / overhead[n] * 100 if overhead[n] > 0 else 0:11.0f}%"
+        print(f"    {component:42s}{cells}")
+    print(f"    {'overhead (wall - minimum)':42s}" + "".join(f"{overhead[n]:14.2f}{100:11.0f}%" for n in names))
+
+
+def print_driver(rows: dict[str, list[tuple[str, int, float]]]) -> None:
+    """The driver thread's time inside Tune's loop, by component (calls, seconds)."""
+    names = list(rows)
+    print("  the driver's time inside Tune's loop (mean of the rounds):")
+    print(f"    {'component':42s}" + "".join(f"{n[:24]:>26s}" for n in names))
+    print(f"    {'':42s}" + "".join(f"{'calls':>14s}{'s':>12s}" for _ in names))
+    components = []
+    for n in sorted(names, key=lambda n: -len(rows[n])):  # kubetune's callbacks exist only in its own run
+        for row in rows[n]:
+            if row[0] not in components:
+                components.append(row[0])
+    for component in components:
+        cells = ""
+        for n in names:
+            match = [r for r in rows[n] if r[0] == component]
+            cells += f"{match[0][1]:14.0f}{match[0][2]:12.3f}" if match else f"{'-':>14s}{'-':>12s}"
+        print(f"    {component:42s}{cells}")
 
 
 def asha_vs_fifo(rounds: int) -> None:
@@ -203,13 +288,20 @@ def main() -> int:
     parser.add_argument("--skip-asha", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANT_NAMES), help=(
+        "overhead variants to run, comma-separated: defaults (plain Tune), reuse (plain Tune with "
+        "reuse_actors=True), kubetune (default: all three)"))
     args = parser.parse_args()
 
     from kubetune.tune.driver import ensure_ray
 
     ensure_ray(num_cpus=CPUS)
     if not args.skip_overhead:
-        overhead_bench(args.rounds)
+        try:
+            variants = tuple(VARIANT_NAMES[v.strip()] for v in args.variants.split(","))
+        except KeyError as exc:
+            parser.error(f"--variants: unknown variant {exc}; allowed: {', '.join(VARIANT_NAMES)}")
+        overhead_bench(args.rounds, variants)
     if not args.skip_asha:
         asha_vs_fifo(args.rounds)
     if not args.skip_s3:

@@ -171,6 +171,12 @@ def driver_kubeconfig(kube: KubeControlPlane, namespace: str, path: Path) -> Pat
     return kube.service_account_kubeconfig(namespace, DRIVER_SA, path)
 
 
+@pytest.fixture
+def driver_rbac(kube, namespace, tmp_path) -> Path:
+    """The drivers' ServiceAccount, Role and RoleBinding (the chart's) in the test namespace."""
+    return driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
+
+
 # -- the operator process
 
 

@@ -110,8 +110,25 @@ def test_configmap_holds_the_normalised_spec_and_no_secret():
     spec = spec_of(storage=S3)
     cm = builders.build_configmap("exp", "ns", spec)
     assert cm["metadata"]["name"] == "exp-spec" and cm["metadata"]["labels"]["kubetune.io/component"] == "spec"
-    assert json.loads(cm["data"]["spec.json"]) == spec.dump()
+    assert json.loads(cm["data"]["spec.json"]) == {k: v for k, v in spec.dump().items() if k not in ("pods", "suspend", "cleanup")}
     assert json.loads(cm["data"]["spec.json"])["storage"]["secretRef"] == "s3-credentials"
+
+
+def test_the_drivers_spec_leaves_out_what_only_the_operator_reads(tmp_path):
+    """Issue #10: spec.json always carried `pods`, which a driver image from before it refused; what only
+    the operator reads stays out, and the driver still gets every field it reads."""
+    from kubetune.driver_main import load_driver_experiment
+
+    spec = spec_of(storage=S3, suspend=False, cleanup={"deleteRayClusterOnFinish": False},
+                   pods={"driver": {"annotations": {"team": "ml"}}},
+                   rayCluster={"workerGroups": [{"name": "cpu", "replicas": 1, "cpu": "1", "memory": "3Gi"}]})
+    data = json.loads(builders.spec_json(spec))
+    assert not {"pods", "suspend", "cleanup"} & set(data)
+    (tmp_path / "spec.json").write_text(builders.spec_json(spec))
+    read = load_driver_experiment(str(tmp_path / "spec.json"), "exp", "ns").spec
+    kept = ("pods", "suspend", "cleanup")
+    assert {k: v for k, v in read.dump().items() if k not in kept} == {k: v for k, v in spec.dump().items() if k not in kept}
+    assert read.ray_cluster.worker_groups[0].cpu == "1"  # the driver checks that trials fit the workers
 
 
 def test_raycluster_has_head_worker_groups_gpus_scheduling_autoscaling_metrics_and_credentials_by_reference():
@@ -148,7 +165,29 @@ def test_raycluster_has_head_worker_groups_gpus_scheduling_autoscaling_metrics_a
         assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
             "secretKeyRef": {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"}}}
         assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
-        assert all("value" not in e for e in container["env"])
+        assert [e for e in container["env"] if "value" in e] == [{"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]
+
+
+@pytest.mark.parametrize("storage, skipped", [
+    ({"uri": "s3://bucket/x", "secretRef": "s3-credentials"}, True),  # keys from the Secret, on AWS S3 too
+    ({"uri": "s3://bucket/x", "endpoint": "http://minio:9000"}, True),  # an S3-compatible store has no EC2
+    ({"uri": "s3://bucket/x"}, False),  # AWS S3 without keys: the instance profile may be the only source
+    ({"uri": "/tmp/results"}, False),
+])
+def test_every_pod_skips_the_ec2_metadata_service_unless_it_may_be_the_only_credential_source(storage, skipped):
+    """Issue #10 point 3: the Ray pods build S3 clients too (trials, Ray's uploads); the driver's rule."""
+    from kubetune.tune.storage import skip_instance_metadata
+
+    spec = spec_of(rayCluster={"workerGroups": [{"name": "cpu", "replicas": 1}]}, storage=storage)
+    rc = builders.build_raycluster("exp", "ns", spec, Settings())
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    pods = [rc["spec"]["headGroupSpec"]["template"], rc["spec"]["workerGroupSpecs"][0]["template"], job["spec"]["template"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env.get("AWS_EC2_METADATA_DISABLED") == ("true" if skipped else None), (pod["metadata"]["labels"], env)
+    # The same answer as the driver's own rule, given the environment these pods get.
+    pod_env = {"AWS_ACCESS_KEY_ID": "k"} if "secretRef" in storage else {}
+    assert skip_instance_metadata(spec.storage, pod_env) is skipped
 
 
 def test_raycluster_without_workers_or_autoscaling_or_auth():
@@ -251,6 +290,23 @@ def test_job_state_reads_the_job_controller():
     assert phases.job_state(job_with(active=1, ready=1)).kind == "running"
     starting = phases.job_state(job_with(active=1, failed=2))
     assert starting.kind == "pending" and "after 2 failed pod(s)" in starting.message
+
+
+def driver_pod(phase="Running", container_state="running", job="exp-driver-1", deleting=False):
+    meta = {"name": f"{job}-x", "labels": {"batch.kubernetes.io/job-name": job, "kubetune.io/component": "driver"}}
+    if deleting:
+        meta["deletionTimestamp"] = NOW
+    return {"metadata": meta, "status": {"phase": phase, "containerStatuses": [
+        {"name": "driver", "state": {container_state: {}}}]}}
+
+
+def test_job_state_reads_a_running_driver_off_its_pod_before_the_job_counts_it_ready():
+    """After an operator restart nothing but the cluster says what runs: the pod does, ready count or not."""
+    job = job_with(active=1)
+    assert phases.job_state(job, [driver_pod()]).kind == "running"
+    assert phases.job_state(job, [driver_pod("Pending", "waiting")]).kind == "pending"
+    assert phases.job_state(job, [driver_pod(deleting=True)]).kind == "pending"
+    assert phases.job_state(job, [driver_pod(job="exp-driver-0")]).kind == "pending"  # another run's pod
 
 
 def test_a_condition_keeps_its_transition_time_while_its_status_holds():
@@ -517,7 +573,7 @@ def test_pod_overlays_per_role_merge_over_the_defaults_and_never_replace_kubetun
     rc = builders.build_raycluster("exp", "ns", spec, Settings())
     job = builders.build_driver_job("exp", "ns", spec, Settings())
     worker = rc["spec"]["workerGroupSpecs"][0]["template"]
-    assert worker["metadata"]["annotations"] == {"team": "ml"}
+    assert worker["metadata"]["annotations"] == {**builders.scrape_annotations(8080), "team": "ml"}
     assert worker["metadata"]["labels"]["cost"] == "a" and worker["metadata"]["labels"]["kubetune.io/experiment"] == "exp"
     pod = worker["spec"]
     assert pod["priorityClassName"] == "high" and pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -529,7 +585,7 @@ def test_pod_overlays_per_role_merge_over_the_defaults_and_never_replace_kubetun
     assert [v["name"] for v in pod["volumes"]] == ["dshm", "data"]
     assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
     head = rc["spec"]["headGroupSpec"]["template"]
-    assert "annotations" not in head["metadata"] and "priorityClassName" not in head["spec"]
+    assert "team" not in head["metadata"]["annotations"] and "priorityClassName" not in head["spec"]
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "low"
     # An overlay is no change of the search: the driver keeps running.
     assert builders.run_hash(spec) == builders.run_hash(spec_of(rayCluster=GPU_CLUSTER))
@@ -694,3 +750,77 @@ def test_trials_no_worker_group_can_hold_are_refused_before_any_pod_starts():
     valid = condition(plan.status, "SpecValid")
     assert (valid["status"], valid["reason"]) == ("False", "Infeasible") and "spec.trialResources" in valid["message"]
     assert plan.actions == [] and plan.permanent and plan.status["phase"] == Phase.FAILED
+
+
+def _unschedulable(name, component, since, job=None, message="0/1 nodes are available: 1 Insufficient cpu."):
+    pod = _pod(name, component, unschedulable=message, job=job)
+    pod["status"]["conditions"][0]["lastTransitionTime"] = since
+    return pod
+
+
+def test_a_worker_the_scheduler_cannot_place_is_in_the_status_once_it_waited_a_recheck_period():
+    """Issue #10 point 5: the cluster and the driver run, a worker waits for a node: the status says so
+    (which pod, the scheduler's words), not just "driver Job ... is running"; one Warning."""
+    world = World(spec_of(rayCluster={"workerGroups": [{"name": "cpu", "replicas": 2, "cpu": "1", "memory": "1Gi"}]}),
+                  Settings(recheck_seconds=15))
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    world.jobs[job]["status"] = {"active": 1, "ready": 1}
+    world.pods = [_pod("exp-head-a", "head", phase="Running"), _pod("exp-worker-b", "worker", phase="Running"),
+                  _unschedulable("exp-worker-c", "worker", since=NOW)]
+    plan = world.step(now="2026-01-01T00:00:05Z")  # refused 5 s ago: maybe a node is on its way
+    assert world.status["message"] == f"driver Job {job} is running" and plan.retry_after == 15
+    assert condition(world.status, "RayClusterReady")["reason"] == "RayClusterReady"
+
+    plan = world.step(now="2026-01-01T00:00:20Z")
+    ready = condition(world.status, "RayClusterReady")
+    waits = "worker pod exp-worker-c cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    assert (ready["status"], ready["reason"]) == ("True", "PodsNotStarting") and waits in ready["message"]
+    assert world.status["phase"] == "Running" and world.status["message"] == f"driver Job {job} is running; {waits}"
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "PodsNotStarting")] and plan.retry_after == 15
+    assert world.step(now="2026-01-01T00:00:35Z").events == [], "once per cause"
+    world.pods[2]["status"] = {"phase": "Running"}  # scheduled at last
+    plan = world.step(now="2026-01-01T00:00:50Z")
+    assert condition(world.status, "RayClusterReady")["reason"] == "RayClusterReady"
+    assert world.status["message"] == f"driver Job {job} is running" and plan.retry_after is None
+
+
+def test_a_driver_pod_the_scheduler_cannot_place_says_so_instead_of_starting():
+    world = World(spec_of(), Settings(recheck_seconds=15))
+    world.step()
+    world.raycluster["status"] = {"state": "ready"}
+    world.step()
+    job = next(iter(world.jobs))
+    world.jobs[job]["status"] = {"active": 1}
+    obs = world.observation(now=LATER)
+    obs.driver_pods = [_unschedulable(f"{job}-x", "driver", since=NOW, job=job)]
+    plan = phases.plan(obs, world.settings)
+    driver = condition(plan.status, "DriverRunning")
+    said = f"driver pod {job}-x cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    assert (driver["reason"], driver["message"]) == ("PodsNotStarting", said)
+    assert plan.status["message"] == said and "is starting" not in said
+    assert [(t, r) for t, r, _ in plan.events] == [("Warning", "PodsNotStarting")]
+
+
+def test_driver_and_ray_pods_tell_prometheus_where_their_metrics_are():
+    """Issue #10: Prometheus' pod discovery (`prometheus.io/*` annotations) finds the driver's /metrics
+    (driver and trial metrics, port 9450) and each Ray node's metrics-export-port; an overlay may say no."""
+    spec = spec_of(rayCluster=GPU_CLUSTER, pods={"head": {"annotations": {"prometheus.io/scrape": "false"}}})
+    rc = builders.build_raycluster("exp", "ns", spec, Settings(ray_metrics_port=8081))
+    job = builders.build_driver_job("exp", "ns", spec, Settings())
+    driver = job["spec"]["template"]
+    assert driver["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9450", "prometheus.io/path": "/metrics"}
+    assert {"containerPort": 9450, "name": "metrics"} in driver["spec"]["containers"][0]["ports"]
+    for group in rc["spec"]["workerGroupSpecs"]:
+        template = group["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == "8081"
+        assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert {"containerPort": 8081, "name": "metrics"} in template["spec"]["containers"][0]["ports"]
+        assert group["rayStartParams"]["metrics-export-port"] == "8081"
+    head = rc["spec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert head == {"prometheus.io/scrape": "false", "prometheus.io/port": "8081", "prometheus.io/path": "/metrics"}
+    no_port = builders.build_raycluster("exp", "ns", spec_of(), Settings(ray_metrics_port=0))
+    assert "annotations" not in no_port["spec"]["headGroupSpec"]["template"]["metadata"]

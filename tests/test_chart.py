@@ -107,6 +107,20 @@ def test_chart_values_reach_the_settings():
     assert Settings.from_env(_env(_deployment(render()))).clusterwide
 
 
+def test_the_operator_pod_tells_prometheus_where_its_metrics_are_as_the_experiments_pods_do():
+    """`prometheus.io/*` on the operator's pod (its metrics port), like the driver and Ray pods the operator
+    builds (controller/builders.py scrape_annotations); podAnnotations win; no metrics port, no annotations."""
+    from kubetune.controller.builders import scrape_annotations
+
+    pod = _deployment(render())["spec"]["template"]
+    assert pod["metadata"]["annotations"] == scrape_annotations(9090)
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 9090} in [{k: p[k] for k in ("name", "containerPort")} for p in container["ports"]]
+    pod = _deployment(render({"operator": {"metricsPort": 9191, "podAnnotations": {"prometheus.io/scrape": "false", "team": "ml"}}}))["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {**scrape_annotations(9191), "prometheus.io/scrape": "false", "team": "ml"}
+    assert "annotations" not in _deployment(render({"operator": {"metricsPort": 0}}))["spec"]["template"]["metadata"]
+
+
 def _leaf_paths(tree: dict, prefix: str = "") -> list[str]:
     paths = []
     for key, value in tree.items():
@@ -282,7 +296,9 @@ def monitoring_crds(kube):
 def test_rendered_chart_is_accepted_by_the_api_server(kube, monitoring_crds, values):
     namespace = kube.create_namespace(wait_for_default_sa=False)
     try:
-        docs = render(files=[values] if values else [], namespace=namespace)
+        # A release of its own: the chart's cluster-scoped objects (ClusterRoles) then do not collide
+        # with those an earlier test of the session created under the default release name.
+        docs = render(files=[values] if values else [], namespace=namespace, release=f"dry-{namespace}"[:53])
         for ns in {d["metadata"].get("namespace") for d in docs} - {None, namespace}:
             kube.create_namespace(ns, wait_for_default_sa=False)
         assert not server_dry_run(kube, docs)

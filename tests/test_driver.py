@@ -43,6 +43,12 @@ def test_reused_actors_start_every_trial_clean(ray_local, tmp_path):
     saved = json.loads((tmp_path / "leaky" / "kubetune-results.json").read_text())
     assert saved["bestTrial"]["config"] == {"x": 6} and saved["bestTrial"]["metric"] == 7
     assert len(saved["trials"]) == 6 and all(t["state"] == "terminated" for t in saved["trials"])
+    # Tune's per-trial logger files on local storage, TensorBoard's through kubetune's bounded-flush logger
+    trial_dirs = [d for d in (tmp_path / "leaky").iterdir() if d.is_dir() and d.name.startswith("leaky_")]
+    assert len(trial_dirs) == 6
+    for trial_dir in trial_dirs:
+        names = {f.name.split(".")[0] for f in trial_dir.iterdir()}
+        assert {"result", "progress", "events"} <= names, trial_dir
 
 
 def test_missing_metric_fails_after_the_first_result(ray_local, tmp_path):

@@ -51,6 +51,28 @@ def test_bad_spec_exits_2_with_the_reason(tmp_path):
     assert "spec.search.numSamples" in _message(tmp_path)
 
 
+def test_a_field_this_driver_does_not_know_says_the_trial_image_is_older_than_the_operator(tmp_path):
+    """Not ignored (it may change what the search does): exit 2, and the status will say what to do."""
+    doc = _doc("newer", "kubetune_trials.sleep:train")
+    doc["spec"]["search"]["futureKnob"] = True
+    proc = _driver(tmp_path, doc)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == exitcodes.BAD_SPEC, out
+    message = _message(tmp_path)
+    assert "spec.search.futureKnob: unknown field" in message
+    assert "the trial image is older than the operator; upgrade them together" in message
+    assert "older than the operator" not in _run_bad_spec_message(tmp_path / "plain")
+
+
+def _run_bad_spec_message(tmp_path):
+    tmp_path.mkdir()
+    doc = _doc("bad", "kubetune_trials.sleep:train")
+    doc["spec"]["search"]["numSamples"] = 0
+    proc = _driver(tmp_path, doc)
+    proc.communicate(timeout=120)
+    return _message(tmp_path)
+
+
 def test_unknown_entrypoint_exits_2(tmp_path):
     proc = _driver(tmp_path, _doc("noentry", "tests.no_such_module:train"))
     out, _ = proc.communicate(timeout=120)

@@ -42,12 +42,6 @@ FAULT_ENV = "KUBETUNE_FAULT_KILL_AFTER_WRITES"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-@pytest.fixture
-def driver_rbac(kube, namespace, tmp_path):
-    """The drivers' ServiceAccount, Role and RoleBinding (the chart's) in the test namespace."""
-    return driver_kubeconfig(kube, namespace, tmp_path / "driver.kubeconfig")
-
-
 def dry_run(kube, path: str, body: dict) -> tuple[int, dict]:
     """Server-side dry-run create, rejecting unknown fields (so a field the schema would prune fails)."""
     return kube.request("POST", f"{path}?dryRun=All&fieldValidation=Strict", body)
@@ -68,6 +62,14 @@ def wait_for(predicate, message: str, timeout: float = 30, op=None):
 
 def job_of(cluster: Cluster, name: str, op=None) -> dict:
     return wait_for(lambda: next(iter(cluster.jobs(name)), None), f"the driver Job of {name}", op=op)
+
+
+def start_experiment(cluster: Cluster, name: str, op) -> str:
+    """Create experiment `name`, play KubeRay making its RayCluster ready; return the name of the driver Job that follows."""
+    cluster.create(experiment_manifest(name))
+    cluster.wait_phase(name, "Provisioning", op=op)
+    cluster.mark_raycluster(name)
+    return job_of(cluster, name, op)["metadata"]["name"]
 
 
 # ---------------------------------------------------------------- every builder on the real API server
@@ -271,10 +273,7 @@ def test_lifecycle_provisioning_running_succeeded(kube, namespace, cluster, oper
 def test_driver_failing_past_its_retry_budget_fails_the_experiment(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace], KUBETUNE_DRIVER_BACKOFF_LIMIT="1",
                           KUBETUNE_DELETE_RAY_CLUSTER_ON_FINISH="false")
-    cluster.create(experiment_manifest("flaky"))
-    cluster.wait_phase("flaky", "Provisioning", op=op)
-    cluster.mark_raycluster("flaky")
-    job = job_of(cluster, "flaky", op)["metadata"]["name"]
+    job = start_experiment(cluster, "flaky", op)
     first = cluster.wait_driver_pod(job)
     kube.set_pod_phase(namespace, first["metadata"]["name"], "Failed", exit_code=1)
     # The Job replaces the dead pod (the new driver resumes from storage); the experiment keeps running.
@@ -297,10 +296,7 @@ def test_driver_failing_past_its_retry_budget_fails_the_experiment(kube, namespa
 
 def test_suspend_removes_cluster_and_driver_and_resume_continues(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace])
-    cluster.create(experiment_manifest("pause"))
-    cluster.wait_phase("pause", "Provisioning", op=op)
-    cluster.mark_raycluster("pause")
-    job = job_of(cluster, "pause", op)["metadata"]["name"]
+    job = start_experiment(cluster, "pause", op)
     kube.set_pod_phase(namespace, cluster.wait_driver_pod(job)["metadata"]["name"], "Running")
     started = cluster.wait_phase("pause", "Running", op=op)["startTime"]
 
@@ -323,10 +319,7 @@ def test_suspend_removes_cluster_and_driver_and_resume_continues(kube, namespace
 
 def test_raising_num_samples_continues_a_finished_experiment(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace])
-    cluster.create(experiment_manifest("more"))
-    cluster.wait_phase("more", "Provisioning", op=op)
-    cluster.mark_raycluster("more")
-    first_job = job_of(cluster, "more", op)["metadata"]["name"]
+    first_job = start_experiment(cluster, "more", op)
     kube.set_pod_phase(namespace, cluster.wait_driver_pod(first_job)["metadata"]["name"], "Succeeded", exit_code=0)
     cluster.wait_phase("more", "Succeeded", op=op)
     wait_for(lambda: cluster.raycluster("more") is None, "the RayCluster to be deleted", op=op)
@@ -355,10 +348,7 @@ def test_raising_num_samples_continues_a_finished_experiment(kube, namespace, cl
 
 def test_deleting_the_experiment_removes_every_child_even_while_the_operator_is_down(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace])
-    cluster.create(experiment_manifest("gone"))
-    cluster.wait_phase("gone", "Provisioning", op=op)
-    cluster.mark_raycluster("gone")
-    job_of(cluster, "gone", op)
+    start_experiment(cluster, "gone", op)
     assert cluster.children("gone") == {"RayCluster": 1, "Job": 1, "ConfigMap": 1}
 
     body = cluster.get("gone")
@@ -385,10 +375,7 @@ def test_deleting_the_experiment_removes_every_child_even_while_the_operator_is_
 
 def test_children_edited_or_deleted_by_hand_are_repaired_or_recreated(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace], KUBETUNE_RESYNC_SECONDS="3")
-    cluster.create(experiment_manifest("hands"))
-    cluster.wait_phase("hands", "Provisioning", op=op)
-    cluster.mark_raycluster("hands")
-    job = job_of(cluster, "hands", op)["metadata"]["name"]
+    job = start_experiment(cluster, "hands", op)
     uid = cluster.get("hands")["metadata"]["uid"]
 
     # A RayCluster deleted by hand comes back (not ready: Provisioning until KubeRay says so).
@@ -787,10 +774,7 @@ def test_a_name_too_long_for_the_children_is_refused_with_a_reason(kube, namespa
 
 def test_every_trial_failed_fails_at_once_with_the_drivers_reason_and_a_crash_is_retried(kube, namespace, cluster, operator_factory, driver_rbac):
     op = operator_factory([namespace], KUBETUNE_DRIVER_BACKOFF_LIMIT="3")
-    cluster.create(experiment_manifest("hopeless"))
-    cluster.wait_phase("hopeless", "Provisioning", op=op)
-    cluster.mark_raycluster("hopeless")
-    job = job_of(cluster, "hopeless", op)["metadata"]["name"]
+    job = start_experiment(cluster, "hopeless", op)
     first = cluster.wait_driver_pod(job)["metadata"]["name"]
     kube.set_pod_phase(namespace, first, "Running")
     cluster.terminate_driver_pod(first, 1, "ConnectionError: lost the head")  # a crash: retried

@@ -108,6 +108,19 @@ def test_searchers(name, cls):
             assert inner.random_search_trials == 3 and inner._random_state == 3
 
 
+
+@pytest.mark.parametrize("warmup", [None, 0], ids=["unset", "zero"])
+def test_searcher_defaults_apply_only_when_unset(warmup):
+    """randomWarmupSteps unset: each library's usual warm-up (20, 10, 10) and bayesopt's seed 42; 0 stays 0."""
+    def inner(name):
+        search = {"algorithm": name} if warmup is None else {"algorithm": name, "randomWarmupSteps": warmup}
+        return space.build_searcher(spec_of(parameters={"x": {"uniform": {"min": 0, "max": 1}}}, search=search)).searcher
+
+    assert inner("hyperopt").algo.keywords["n_startup_jobs"] == (20 if warmup is None else 0)
+    assert inner("optuna")._sampler._n_startup_trials == (10 if warmup is None else 0)
+    bayesopt = inner("bayesopt")
+    assert bayesopt.random_search_trials == (10 if warmup is None else 0) and bayesopt._random_state == 42
+
 SCHEDULERS = [
     ({"type": "fifo"}, "FIFOScheduler", {}),
     ({"type": "asha", "maxT": 9, "gracePeriod": 2, "reductionFactor": 3, "brackets": 2}, "AsyncHyperBandScheduler",

@@ -187,6 +187,24 @@ def load_driver_experiment(path: str, name: str | None, namespace: str | None) -
     })
 
 
+def version_skew_hint(exc: SpecError) -> str:
+    """Why a spec the operator validated has fields this driver does not know, and what to do.
+
+    Not ignored: a field the driver does not know may change what the search does (the operator keeps
+    the ones only it reads, e.g. spec.pods, out of spec.json, so those never get here).
+    """
+    if not any(issue.message.startswith("unknown field") for issue in exc.issues):
+        return ""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        this = f"kubetune {version('kubetune')}"
+    except PackageNotFoundError:
+        this = "kubetune"
+    return (f"\nThis driver ({this}) does not know these fields: if the operator wrote the spec, the trial "
+            "image is older than the operator; upgrade them together (README, Upgrade)")
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code, message = _main(args)
@@ -204,7 +222,7 @@ def _main(args: argparse.Namespace) -> tuple[int, str]:
     try:
         experiment = load_driver_experiment(args.spec, args.name, args.namespace)
     except SpecError as exc:
-        return exitcodes.BAD_SPEC, exc.render()
+        return exitcodes.BAD_SPEC, exc.render() + version_skew_hint(exc)
     name = experiment.metadata.name
     namespace = args.namespace or experiment.metadata.namespace or "default"
     interval = float(os.environ.get(STATUS_INTERVAL_ENV) or 5.0)

@@ -188,20 +188,24 @@ def quantity_to_bytes(value: str | int) -> int:
 # ---------------------------------------------------------------- parameters (search space)
 
 
-class Range(SpecModel):
+class Bounds(SpecModel):
+    """A min below a max: what Range and IntRange check alike (each types and documents the two)."""
+
+    @model_validator(mode="after")
+    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
+    def _ordered(self) -> "Bounds":
+        if not self.min < self.max:
+            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
+        return self
+
+
+class Range(Bounds):
     """A continuous range [min, max)."""
 
     min: float
     """Lower bound (inclusive)."""
     max: float
     """Upper bound (exclusive)."""
-
-    @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
-    def _ordered(self) -> "Range":
-        if not self.min < self.max:
-            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
-        return self
 
 
 class QRange(Range):
@@ -241,20 +245,13 @@ class QNormal(Normal):
     """Quantisation step."""
 
 
-class IntRange(SpecModel):
+class IntRange(Bounds):
     """An integer range [min, max], both bounds inclusive."""
 
     min: int
     """Lower bound (inclusive)."""
     max: int
     """Upper bound (inclusive)."""
-
-    @model_validator(mode="after")
-    @cel(Cel("self.min < self.max", "must be greater than min", ".max"))
-    def _ordered(self) -> "IntRange":
-        if not self.min < self.max:
-            raise SemanticErrors([FieldIssue("max", f"must be greater than min ({self.min}), got {self.max}")])
-        return self
 
 
 class QIntRange(IntRange):
@@ -549,6 +546,10 @@ class Failure(SpecModel):
     """Times to restart a failed trial from its last checkpoint; -1 retries forever."""
 
 
+# The AWS SDK's switch for the EC2 instance metadata service; see Storage.skips_instance_metadata.
+AWS_METADATA_ENV = "AWS_EC2_METADATA_DISABLED"
+
+
 class Storage(SpecModel):
     """Where results and checkpoints go."""
 
@@ -571,6 +572,17 @@ class Storage(SpecModel):
     def is_s3(self) -> bool:
         return bool(self.uri and self.uri.startswith("s3://"))
 
+    def skips_instance_metadata(self, has_credentials: bool) -> bool:
+        """Whether S3 clients may be told not to ask the EC2 instance metadata service (AWS_METADATA_ENV).
+
+        The AWS SDK asks it for credentials and region on every client creation: outside EC2 (a pod on
+        another cloud, a laptop, MinIO) each ask waits for a timeout, 8 s to build and 4 s to copy an
+        S3FileSystem in a pod (issue #10). It stays on only where it may be the one source of credentials:
+        AWS S3 itself (no endpoint) and no keys or web identity of its own. One rule for the driver (its
+        environment) and the operator (spec.storage.secretRef) alike.
+        """
+        return self.is_s3 and (has_credentials or bool(self.endpoint))
+
 
 class Toleration(SpecModel):
     """A Kubernetes toleration."""
@@ -587,53 +599,13 @@ class Toleration(SpecModel):
     """For NoExecute: how long the pod stays bound."""
 
 
-class HeadGroup(SpecModel):
-    """The Ray head pod."""
+class RayGroup(SpecModel):
+    """What the head and every worker group set alike: their pods' size and placement, `ray start` parameters."""
 
-    cpu: Quantity = "2"
+    cpu: Quantity
     """CPU request and limit."""
-    memory: Quantity = "8Gi"
+    memory: Quantity
     """Memory request and limit."""
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
-    """Node selector."""
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
-    """Tolerations."""
-    ray_start_params: dict[str, Annotated[str, StringConstraints(max_length=MAX_TEXT)]] = Field(
-        default_factory=dict, max_length=MAX_MAP)
-    """Extra `ray start` parameters."""
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    @cel(_quantity_cel("cpu"), _quantity_cel("memory"))
-    def _quantities(cls, value: str | int) -> str | int:
-        return _check_quantity(value)
-
-    @field_validator("ray_start_params")
-    @classmethod
-    @cel(*_ray_start_params_cel())
-    def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
-        return _check_ray_start_params(params)
-
-
-class WorkerGroup(SpecModel):
-    """A group of identical Ray worker pods."""
-
-    name: Annotated[str, StringConstraints(max_length=30)]
-    """Group name, a DNS label."""
-    replicas: int = Field(default=1, ge=0)
-    """Initial number of workers."""
-    min_replicas: int = Field(default=0, ge=0)
-    """Fewest workers the autoscaler keeps."""
-    max_replicas: int | None = Field(default=None, ge=0)
-    """Most workers the autoscaler starts (default replicas)."""
-    cpu: Quantity = "4"
-    """CPU request and limit per worker."""
-    memory: Quantity = "16Gi"
-    """Memory request and limit per worker."""
-    gpu: int = Field(default=0, ge=0)
-    """GPUs per worker (requests and limits of gpuResource)."""
-    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
-    """Extended resource name of the GPUs."""
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP)
     """Node selector, e.g. a GPU node pool."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
@@ -653,6 +625,36 @@ class WorkerGroup(SpecModel):
     @cel(*_ray_start_params_cel())
     def _ray_start_params(cls, params: dict[str, str]) -> dict[str, str]:
         return _check_ray_start_params(params)
+
+
+class HeadGroup(RayGroup):
+    """The Ray head pod."""
+
+    cpu: Quantity = "2"
+    """CPU request and limit."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit."""
+
+
+class WorkerGroup(RayGroup):
+    """A group of identical Ray worker pods."""
+
+    name: Annotated[str, StringConstraints(max_length=30)]
+    """Group name, a DNS label."""
+    replicas: int = Field(default=1, ge=0)
+    """Initial number of workers."""
+    min_replicas: int = Field(default=0, ge=0)
+    """Fewest workers the autoscaler keeps."""
+    max_replicas: int | None = Field(default=None, ge=0)
+    """Most workers the autoscaler starts (default replicas)."""
+    cpu: Quantity = "4"
+    """CPU request and limit per worker."""
+    memory: Quantity = "16Gi"
+    """Memory request and limit per worker."""
+    gpu: int = Field(default=0, ge=0)
+    """GPUs per worker (requests and limits of gpuResource)."""
+    gpu_resource: Annotated[str, StringConstraints(max_length=MAX_NAME)] = "nvidia.com/gpu"
+    """Extended resource name of the GPUs."""
 
     @field_validator("name")
     @classmethod

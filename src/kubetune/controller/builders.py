@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from kubetune.api import exitcodes
-from kubetune.api.spec import API_GROUP, API_VERSION, KIND, PodOverlay, TuneExperimentSpec
+from kubetune.api.spec import API_GROUP, API_VERSION, AWS_METADATA_ENV, KIND, PodOverlay, TuneExperimentSpec
 from kubetune.controller.settings import Settings
 from kubetune.metrics import DRIVER_METRICS_PORT
 
@@ -71,15 +71,28 @@ def configmap_name(experiment: str) -> str:
     return f"{experiment}-spec"
 
 
-def run_hash(spec: TuneExperimentSpec) -> str:
-    """What identifies one run of the search: the spec without the parts the driver does not read.
+# Parts of the spec only the operator reads: left out of the driver's spec.json, so that a driver image
+# older than the operator (e.g. from before spec.pods) still reads what the operator writes.
+OPERATOR_ONLY_KEYS = ("suspend", "cleanup", "pods")
 
-    suspend, cleanup and rayCluster may change under a running search without restarting it; any other
-    change (e.g. a raised search.numSamples) starts a new driver that continues from storage.
-    """
+
+def driver_spec(spec: TuneExperimentSpec) -> dict[str, Any]:
+    """The spec as the driver reads it (spec.json): without OPERATOR_ONLY_KEYS."""
     data = spec.dump()
-    for key in ("suspend", "cleanup", "rayCluster", "pods"):
+    for key in OPERATOR_ONLY_KEYS:
         data.pop(key, None)
+    return data
+
+
+def run_hash(spec: TuneExperimentSpec) -> str:
+    """What identifies one run of the search: the spec without the parts the search does not depend on.
+
+    suspend, cleanup, pods and rayCluster (the driver reads it only to check that trials fit) may change
+    under a running search without restarting it; any other change (e.g. a raised search.numSamples)
+    starts a new driver that continues from storage.
+    """
+    data = driver_spec(spec)
+    data.pop("rayCluster", None)
     return _digest(data)[:8]
 
 
@@ -133,14 +146,20 @@ def driver_image(spec: TuneExperimentSpec, settings: Settings) -> str:
 
 
 def storage_env(spec: TuneExperimentSpec) -> list[dict[str, Any]]:
-    """S3 credentials as references to the spec's Secret (never the values)."""
-    secret = spec.storage.secret_ref
-    if not secret:
-        return []
-    return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, **({"optional": True} if optional else {})}}}
+    """S3 credentials as references to the spec's Secret (never the values); the EC2 metadata service off
+    unless it may be the only source of credentials (the driver's rule: Storage.skips_instance_metadata).
+
+    Every Ray pod needs it, not only the driver: trials and Ray's own uploads build S3 clients there too.
+    """
+    storage = spec.storage
+    env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": storage.secret_ref, "key": key,
+                                                     **({"optional": True} if optional else {})}}}
         for key, optional in S3_SECRET_KEYS
-    ]
+    ] if storage.secret_ref else []
+    if storage.skips_instance_metadata(has_credentials=bool(storage.secret_ref)):
+        env.append({"name": AWS_METADATA_ENV, "value": "true"})
+    return env
 
 
 def ray_auth_env(ray_cluster: str, settings: Settings) -> list[dict[str, Any]]:
@@ -176,7 +195,7 @@ def build_configmap(experiment: str, namespace: str, spec: TuneExperimentSpec) -
 
 
 def spec_json(spec: TuneExperimentSpec) -> str:
-    return json.dumps(spec.dump(), indent=2, sort_keys=True) + "\n"
+    return json.dumps(driver_spec(spec), indent=2, sort_keys=True) + "\n"
 
 
 def _ray_container(name: str, image: str, settings: Settings, cpu, memory, gpu: int = 0,
@@ -218,10 +237,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], overlay: PodOverlay) -> dict[str, Any]:
-    """A pod template: the restricted security defaults, then the spec's overlay for this role.
+def scrape_annotations(port: int) -> dict[str, str]:
+    """Prometheus' pod-discovery convention (`prometheus.io/scrape|port|path`): a Prometheus that keeps
+    pods by these annotations scrapes the pod's metrics without the Prometheus Operator's PodMonitor."""
+    if not port:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
-    The main container is the first; kubetune's labels win over the overlay's.
+
+def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], overlay: PodOverlay,
+                  annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod template: the restricted security defaults and kubetune's `annotations`, then the spec's
+    overlay for this role.
+
+    The main container is the first; kubetune's labels win over the overlay's, the overlay's annotations
+    over kubetune's (e.g. `prometheus.io/scrape: "false"`).
     """
     spec = copy.deepcopy(pod_spec)
     spec["securityContext"] = _merge(POD_SECURITY_CONTEXT, overlay.security_context)
@@ -238,13 +268,13 @@ def apply_overlay(experiment: str, component: str, pod_spec: dict[str, Any], ove
     if overlay.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in overlay.image_pull_secrets]
     metadata: dict[str, Any] = {"labels": {**overlay.labels, **labels(experiment, component)}}
-    if overlay.annotations:
-        metadata["annotations"] = dict(overlay.annotations)
+    if annotations or overlay.annotations:
+        metadata["annotations"] = {**(annotations or {}), **overlay.annotations}
     return {"metadata": metadata, "spec": spec}
 
 
 def _pod_template(experiment: str, component: str, container: dict, node_selector: dict, tolerations: list,
-                  service_account: str | None, overlay: PodOverlay) -> dict[str, Any]:
+                  service_account: str | None, overlay: PodOverlay, metrics_port: int) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container], "volumes": [dict(SHM_VOLUME)]}
     if node_selector:
         spec["nodeSelector"] = dict(node_selector)
@@ -252,7 +282,7 @@ def _pod_template(experiment: str, component: str, container: dict, node_selecto
         spec["tolerations"] = _tolerations(tolerations)
     if service_account:
         spec["serviceAccountName"] = service_account
-    return apply_overlay(experiment, component, spec, overlay)
+    return apply_overlay(experiment, component, spec, overlay, scrape_annotations(metrics_port))
 
 
 def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, settings: Settings) -> dict[str, Any]:
@@ -271,7 +301,8 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
         "template": _pod_template(
             experiment, COMPONENT_HEAD,
             _ray_container("ray-head", image, settings, rc.head.cpu, rc.head.memory, env=env, head=True),
-            rc.head.node_selector, rc.head.tolerations, rc.service_account_name, spec.pods.head),
+            rc.head.node_selector, rc.head.tolerations, rc.service_account_name, spec.pods.head,
+            settings.ray_metrics_port),
     }
     workers = []
     for group in rc.worker_groups:
@@ -286,7 +317,8 @@ def build_raycluster(experiment: str, namespace: str, spec: TuneExperimentSpec, 
                 experiment, COMPONENT_WORKER,
                 _ray_container("ray-worker", image, settings, group.cpu, group.memory, gpu=group.gpu,
                                gpu_resource=group.gpu_resource, env=env),
-                group.node_selector, group.tolerations, rc.service_account_name, spec.pods.worker),
+                group.node_selector, group.tolerations, rc.service_account_name, spec.pods.worker,
+                settings.ray_metrics_port),
         })
     cluster_spec: dict[str, Any] = {
         "rayVersion": rc.ray_version,
@@ -370,7 +402,7 @@ def build_driver_job(experiment: str, namespace: str, spec: TuneExperimentSpec, 
     }
     if settings.driver_service_account:
         pod_spec["serviceAccountName"] = settings.driver_service_account
-    template = apply_overlay(experiment, COMPONENT_DRIVER, pod_spec, spec.pods.driver)
+    template = apply_overlay(experiment, COMPONENT_DRIVER, pod_spec, spec.pods.driver, scrape_annotations(DRIVER_METRICS_PORT))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

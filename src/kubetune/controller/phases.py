@@ -20,8 +20,9 @@ rayClusterName and driverJobName; the driver owns trials, progress, bestTrial an
 from __future__ import annotations
 
 import copy
+import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from kubetune.api import exitcodes
 from kubetune.api.errors import FieldIssue
@@ -98,8 +99,13 @@ def raycluster_state(rc: dict[str, Any] | None) -> ChildState:
     return ChildState("pending", Reason.RAY_CLUSTER_CREATING, f"waiting for RayCluster {name} to be ready{detail}")
 
 
-def job_state(job: dict[str, Any] | None) -> ChildState:
-    """The driver Job: Complete/SuccessCriteriaMet -> succeeded, Failed/FailureTarget -> failed."""
+def job_state(job: dict[str, Any] | None, pods: Sequence[dict[str, Any]] = ()) -> ChildState:
+    """The driver Job: Complete/SuccessCriteriaMet -> succeeded, Failed/FailureTarget -> failed; running
+    when the Job counts a ready pod or one of its `pods` runs the driver container.
+
+    Read from the cluster on every reconcile (a restarted operator knows nothing else): the pod itself
+    says so before the Job controller's `ready` count does, and on clusters that keep no such count.
+    """
     if job is None:
         return ChildState("missing")
     name = job.get("metadata", {}).get("name", "")
@@ -117,7 +123,7 @@ def job_state(job: dict[str, Any] | None) -> ChildState:
     status = job.get("status") or {}
     failed = int(status.get("failed") or 0)
     retried = f" after {failed} failed pod(s), resuming from storage" if failed else ""
-    if int(status.get("ready") or 0) > 0:
+    if int(status.get("ready") or 0) > 0 or any(driver_runs(p) for p in pods_of_job(list(pods), name)):
         return ChildState("running", Reason.DRIVER_RUNNING, f"driver Job {name} is running{retried}")
     if int(status.get("active") or 0) > 0:
         return ChildState("pending", Reason.DRIVER_STARTING, f"driver pod of Job {name} is starting{retried}")
@@ -127,6 +133,15 @@ def job_state(job: dict[str, Any] | None) -> ChildState:
 def pod_is_live(pod: dict[str, Any]) -> bool:
     """A pod that may still be running a driver (not finished, not gone)."""
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def driver_runs(pod: dict[str, Any]) -> bool:
+    """The kubelet says the pod's driver container runs (phase Running, container state running)."""
+    status = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") != "Running":
+        return False
+    return any(cs.get("name") == builders.DRIVER_CONTAINER and (cs.get("state") or {}).get("running") is not None
+               for cs in status.get("containerStatuses") or [])
 
 
 # Container waiting reasons that do not go away by themselves (the kubelet retries, nothing changes).
@@ -142,11 +157,29 @@ class PodProblem:
     message: str
 
     def __str__(self) -> str:
+        if self.reason == UNSCHEDULABLE:
+            return f"{self.component} pod {self.pod} cannot be scheduled: {self.message}".rstrip(": ")
         return f"{self.component} pod {self.pod}: {self.reason}: {self.message}".rstrip(": ")
 
 
-def pod_problems(pods: list[dict[str, Any]]) -> list[PodProblem]:
-    """Why live pods of the experiment do not start: stuck containers, no node that fits."""
+UNSCHEDULABLE = "Unschedulable"
+
+
+def seconds_between(since: str | None, now: str | None) -> float:
+    """Seconds from one RFC 3339 time to another; unknown times count as long ago."""
+    try:
+        start, end = (datetime.datetime.fromisoformat(str(t).replace("Z", "+00:00")) for t in (since, now))
+    except ValueError:
+        return float("inf")
+    return (end - start).total_seconds()
+
+
+def pod_problems(pods: list[dict[str, Any]], now: str | None = None, grace: float = 0.0) -> list[PodProblem]:
+    """Why live pods of the experiment do not start: stuck containers, no node that fits.
+
+    A pod counts as unschedulable once the scheduler has refused it for `grace` seconds (its PodScheduled
+    condition's lastTransitionTime): a node an autoscaler adds, or a pod that goes away, often ends it sooner.
+    """
     found = []
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -160,8 +193,9 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[PodProblem]:
                 break
         else:
             scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
-            if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-                found.append(PodProblem(component, meta.get("name", ""), "Unschedulable", scheduled.get("message", "")))
+            if (scheduled.get("status") == "False" and scheduled.get("reason") == UNSCHEDULABLE
+                    and seconds_between(scheduled.get("lastTransitionTime"), now) >= grace):
+                found.append(PodProblem(component, meta.get("name", ""), UNSCHEDULABLE, scheduled.get("message", "")))
     return found
 
 
@@ -381,7 +415,8 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     # Storage. The operator cannot read Secrets (least privilege): a missing storage Secret shows when a
     # pod that refers to it cannot start (the kubelet's CreateContainerConfigError).
     storage = spec.storage
-    problems = pod_problems(obs.pods + pods_of_job(obs.driver_pods, job_name))
+    current_pods = pods_of_job(obs.driver_pods, job_name)
+    problems = pod_problems(obs.pods + current_pods, obs.now, settings.recheck_seconds)
     if storage.secret_ref:
         lacking = [p for p in problems if p.reason == "CreateContainerConfigError"
                    and f'secret "{storage.secret_ref}" not found' in p.message]
@@ -411,7 +446,7 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     for job in others:  # an earlier run (e.g. before numSamples was raised): stop it before the new one starts
         if job_state(job).kind != "deleting":
             actions.append(Action("delete_job", "Job", job["metadata"]["name"]))
-    js = job_state(current)
+    js = job_state(current, obs.driver_pods)
 
     # A driver that finished decides the outcome, whatever the cluster does now.
     if js.kind == "succeeded":
@@ -453,12 +488,19 @@ def plan(obs: Observation, settings: Settings) -> Plan:
     ready = rc.kind == "ready"
     retry: float | None = None
     ray_problems = [p for p in problems if p.component in (builders.COMPONENT_HEAD, builders.COMPONENT_WORKER)]
+    waiting_pods = "; ".join(map(str, ray_problems[:3]))
     if not ready and ray_problems:
         # KubeRay keeps waiting on these pods; no watch of ours reports them: look again later.
-        rc = ChildState(rc.kind, Reason.PODS_NOT_STARTING, f"{rc.message}: " + "; ".join(map(str, ray_problems[:3])))
+        rc = ChildState(rc.kind, Reason.PODS_NOT_STARTING, f"{rc.message}: {waiting_pods}")
+        retry = settings.recheck_seconds
+    elif ready and ray_problems:
+        # The head is up and trials may run, but a worker (e.g. too big for any node) waits: say which and why.
+        rc = ChildState(rc.kind, Reason.PODS_NOT_STARTING, f"{rc.message}, but {waiting_pods}")
         retry = settings.recheck_seconds
     elif not ready and rc.kind == "pending" and obs.raycluster is not None:
         retry = settings.recheck_seconds  # pods may get stuck without the RayCluster's status changing
+    elif ready and any(_pending(p) for p in obs.pods + current_pods):
+        retry = settings.recheck_seconds  # a pod not placed yet may turn out unschedulable: no pod watch tells us
     d.cond(ConditionType.RAY_CLUSTER_READY, ready, rc.reason, rc.message)
     if current is None:
         # Two drivers on one experiment would both write its state: wait until every earlier driver pod is gone.
@@ -479,18 +521,19 @@ def plan(obs: Observation, settings: Settings) -> Plan:
             js = ChildState("pending", Reason.DRIVER_STARTING, "the driver starts when the RayCluster is ready")
     elif js.kind == "pending":
         # The Job controller reports a refused pod (Pod Security, a quota) only as an event on the Job.
-        refused = failed_create(obs.job_events) if not _live(pods_of_job(obs.driver_pods, job_name)) else None
+        refused = failed_create(obs.job_events) if not _live(current_pods) else None
         driver_problems = [p for p in problems if p.component == builders.COMPONENT_DRIVER]
         if refused:
             js = ChildState("pending", Reason.POD_CREATE_FAILED,
                             f"the Job controller cannot create the driver pod of Job {job_name}: {refused}")
         elif driver_problems:
-            js = ChildState("pending", Reason.PODS_NOT_STARTING, f"{js.message}: " + "; ".join(map(str, driver_problems)))
+            js = ChildState("pending", Reason.PODS_NOT_STARTING, "; ".join(map(str, driver_problems)))
         retry = settings.recheck_seconds
     d.cond(ConditionType.DRIVER_RUNNING, js.kind == "running", js.reason, js.message)
     d.cond(ConditionType.COMPLETE, False, js.reason if ready else rc.reason, "the experiment is not over")
     if ready:
-        phase(Phase.RUNNING, js.reason if js.kind == "running" else Reason.RAY_CLUSTER_READY, js.message)
+        message = f"{js.message}; {waiting_pods}" if ray_problems else js.message
+        phase(Phase.RUNNING, js.reason if js.kind == "running" else Reason.RAY_CLUSTER_READY, message)
     else:
         phase(Phase.PROVISIONING, Reason.RAY_CLUSTER_CREATING, rc.message)
     warn_once(d, ConditionType.DRIVER_RUNNING, js.reason, js.message)
@@ -545,6 +588,10 @@ def warn_once(d: "_Draft", type_: str, reason: str, message: str) -> None:
 def pods_of_job(pods: list[dict[str, Any]], job_name: str) -> list[dict[str, Any]]:
     return [p for p in pods if job_name in (((p.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name"),
                                             ((p.get("metadata") or {}).get("labels") or {}).get("job-name"))]
+
+
+def _pending(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase", "Pending") == "Pending" and not (pod.get("metadata") or {}).get("deletionTimestamp")
 
 
 def _live(pods: list[dict[str, Any]]) -> bool:

@@ -71,7 +71,7 @@ def observe(kube: Kube, body: Mapping[str, Any], settings: Settings, now: str | 
     obs.driver_pods = [p for p in pods if _component(p) == builders.COMPONENT_DRIVER]
     obs.pods = [p for p in pods if _component(p) in (builders.COMPONENT_HEAD, builders.COMPONENT_WORKER)]
     current = next((j for j in obs.jobs if j["metadata"]["name"] == job_name), None)
-    if current is not None and phases.job_state(current).kind == "pending" and not any(phases.pod_is_live(p) for p in phases.pods_of_job(obs.driver_pods, job_name)):
+    if current is not None and phases.job_state(current, obs.driver_pods).kind == "pending" and not any(phases.pod_is_live(p) for p in phases.pods_of_job(obs.driver_pods, job_name)):
         obs.job_events = kube.list_events(namespace, "Job", job_name)  # FailedCreate: Pod Security, quotas
     return obs
 

@@ -56,8 +56,10 @@ class Settings:
     driver_service_account: str = _setting(
         "kubetune-driver", "Service account of the driver pods; it needs the kubetune-driver Role "
         "(get tuneexperiments, patch tuneexperiments/status) in the experiment's namespace. Empty: the namespace's default.")
-    driver_cpu: str = _setting("500m", "CPU request of the driver pod (it runs the search, not the trials).")
-    driver_memory: str = _setting("2Gi", "Memory request and limit of the driver pod.")
+    driver_cpu: str = _setting("250m", "CPU request of the driver pod (it runs the search, not the trials); "
+                               "small, so that head, driver and a worker fit a 2-CPU node.")
+    driver_memory: str = _setting("1Gi", "Memory request and limit of the driver pod; raise it for large "
+                                  "searches (many trials, a PBT population, a trainable that imports a lot).")
     status_interval_seconds: float = _setting(
         5.0, "Least seconds between two status patches by the driver (trial counts, best trial); "
         "passed to the driver pod as KUBETUNE_STATUS_INTERVAL.")
@@ -74,7 +76,8 @@ class Settings:
     recheck_seconds: float = _setting(
         15.0, "Seconds between checks of an experiment that waits on something no watch reports: pods not "
         "starting (a missing Secret, an image that cannot be pulled, pods refused by Pod Security or a quota), "
-        "a missing driver service account.")
+        "a missing driver service account. Also how long the scheduler may refuse a pod (`Unschedulable`) before "
+        "the status names it.")
     error_backoff_seconds: float = _setting(
         10.0, "Seconds before a reconcile that failed unexpectedly (e.g. the API server was away) is retried.")
     log_level: str = _setting("INFO", "Log level of the operator: DEBUG, INFO, WARNING or ERROR.")

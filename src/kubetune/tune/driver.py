@@ -226,6 +226,7 @@ def run_experiment(
     from kubetune.tune.space import build_param_space, build_scheduler, max_iterations
     from kubetune.tune.telemetry import observer_for
     from kubetune.tune.trainable import build_trainable, import_entrypoint
+    from kubetune.tune.tune_loggers import tune_loggers
 
     if storage_override:
         experiment = with_storage_uri(experiment, storage_override)
@@ -254,7 +255,8 @@ def run_experiment(
             stopper=stopper,
         )
         signals.on_signal = tracker.request_stop
-        callbacks = [tracker, observer_for(experiment, storage, tracker.budget, export=metrics)]
+        loggers_off = os.environ.get(LOGGERS_OFF_ENV, "1" if storage.is_s3 else "0") == "1"
+        callbacks = [tracker, observer_for(experiment, storage, tracker.budget, export=metrics), *tune_loggers(loggers_off)]
         experiment_path = storage.experiment_path(name)
         experiment_uri = storage.experiment_uri(name)
         restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)

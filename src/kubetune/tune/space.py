@@ -113,6 +113,11 @@ class ExtendableSearchGenerator(_Extendable, SearchGenerator):
         self._total_samples += extra_trials
 
 
+def _or(value: Any, default: Any) -> Any:
+    """`value`, or `default` when the spec leaves it unset (0 and False are values)."""
+    return default if value is None else value
+
+
 def _random(spec: TuneExperimentSpec) -> SearchAlgorithm:
     s = spec.search
     return ExtendableVariantGenerator(
@@ -128,7 +133,7 @@ def _hyperopt(spec: TuneExperimentSpec) -> Searcher:
     s = spec.search
     return HyperOptSearch(
         points_to_evaluate=s.points_to_evaluate or None,
-        n_initial_points=s.random_warmup_steps if s.random_warmup_steps is not None else 20,
+        n_initial_points=_or(s.random_warmup_steps, 20),
         random_state_seed=s.seed,
     )
 
@@ -138,9 +143,7 @@ def _optuna(spec: TuneExperimentSpec) -> Searcher:
     from ray.tune.search.optuna import OptunaSearch
 
     s = spec.search
-    sampler = optuna.samplers.TPESampler(
-        seed=s.seed, n_startup_trials=s.random_warmup_steps if s.random_warmup_steps is not None else 10
-    )
+    sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=_or(s.random_warmup_steps, 10))
     return OptunaSearch(points_to_evaluate=s.points_to_evaluate or None, sampler=sampler)
 
 
@@ -150,8 +153,8 @@ def _bayesopt(spec: TuneExperimentSpec) -> Searcher:
     s = spec.search
     return BayesOptSearch(
         points_to_evaluate=s.points_to_evaluate or None,
-        random_state=s.seed if s.seed is not None else 42,
-        random_search_steps=s.random_warmup_steps if s.random_warmup_steps is not None else 10,
+        random_state=_or(s.seed, 42),
+        random_search_steps=_or(s.random_warmup_steps, 10),
     )
 
 
@@ -182,10 +185,6 @@ def build_searcher(spec: TuneExperimentSpec) -> SearchAlgorithm:
 def max_iterations(spec: TuneExperimentSpec) -> int | None:
     """The most iterations a trial runs: stop.maxIterations, else the scheduler's maxT."""
     return spec.stop.max_iterations or spec.scheduler.max_t
-
-
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _asha(spec: TuneExperimentSpec) -> TrialScheduler:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from kubetune.api.spec import Storage
+from kubetune.api.spec import AWS_METADATA_ENV, Storage
 
 DEFAULT_LOCAL_ROOT = "kubetune-results"
 SECRET_DIR_ENV = "KUBETUNE_S3_SECRET_DIR"
@@ -103,22 +103,17 @@ def export_credentials() -> None:
         os.environ.setdefault(key, value)
 
 
-METADATA_ENV = "AWS_EC2_METADATA_DISABLED"
+METADATA_ENV = AWS_METADATA_ENV
 
 
 def skip_instance_metadata(storage: Storage, env: dict[str, str] | None = None) -> bool:
-    """Whether pyarrow's S3 client may skip the EC2 instance metadata service.
-
-    The AWS SDK asks it for credentials and region on every client creation: outside EC2 (a pod on
-    another cloud, a laptop, MinIO) each ask waits for a timeout, 8 s to build and 4 s to copy an
-    S3FileSystem in a pod (issue #10). It is skipped unless the user set AWS_EC2_METADATA_DISABLED or
-    the instance is the only place credentials can come from (AWS S3, no keys, no web identity).
-    """
+    """Whether this process may turn the EC2 instance metadata service off (Storage.skips_instance_metadata),
+    with the credentials its environment or mounted Secret holds; a value the user set is left alone."""
     env = os.environ if env is None else env
     if METADATA_ENV in env:
         return False
     has_keys = bool(read_credentials(dict(env)).get("AWS_ACCESS_KEY_ID")) or bool(env.get("AWS_WEB_IDENTITY_TOKEN_FILE"))
-    return has_keys or bool(storage.endpoint)
+    return storage.skips_instance_metadata(has_keys)
 
 
 def s3_filesystem(storage: Storage) -> pafs.S3FileSystem:

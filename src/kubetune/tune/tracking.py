@@ -368,7 +368,7 @@ def _save_state_at_next_step() -> None:
 
     The state is saved at most every TUNE_GLOBAL_CHECKPOINT_S seconds; a trial that just finished must
     not wait for that, or a driver killed meanwhile would run it again. Callbacks are not given the
-    controller, so it is found among the callers (TuneController.stop_trial / _process_trial_failure).
+    controller, so it is found among the callers (TuneController.step).
     """
     frame = sys._getframe(1)
     for _ in range(8):
@@ -410,6 +410,7 @@ class ExperimentTracker(Callback):
         self.interrupted_by: str | None = None  # set by the driver when a signal stops the run
         self._errors: dict[str, dict[str, Any]] = {}
         self._stop_sent = False
+        self._save_due = False  # a trial finished or failed: the state is saved at the next step, whatever its period
         self.warnings: list[str] = []
         # A trial waiting longer than this is reported with Ray's pending demand (KUBETUNE_PENDING_REPORT_SECONDS).
         self.pending_after_s = float(os.environ.get(PENDING_ENV) or DEFAULT_PENDING_S)
@@ -516,15 +517,17 @@ class ExperimentTracker(Callback):
         if text and text not in self.warnings:
             self.warnings.append(text)  # the sinks show it (Snapshot.warnings)
 
+    # A trial's start and finish reach the sinks at the next refresh (at most interval_s later): a forced
+    # one here ran between one trial's end and the next one's start on the same actor.
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._refresh(trials, force=True)
+        self._refresh(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        _save_state_at_next_step()
-        self._refresh(trials, force=True)
+        self._save_due = True
+        self._refresh(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        _save_state_at_next_step()
+        self._save_due = True
         self._errors[trial.trial_id] = error_details(trial)
         self._refresh(trials, force=True)
 
@@ -539,6 +542,11 @@ class ExperimentTracker(Callback):
             self._stop_sent = stop_tune_loop()
 
     def on_step_end(self, iteration, trials, **info):
+        if self._save_due:
+            # Forced at the next step's save, after that step has started the next trial on the
+            # finished trial's actor (not before it, in the step where the trial finished).
+            self._save_due = False
+            _save_state_at_next_step()
         self._refresh(trials)
 
     def on_experiment_end(self, trials, **info):

@@ -1,46 +1,34 @@
-"""The function every trial runs: the user's entrypoint inside a clean, reusable process.
+"""How the driver builds the trainable Tune runs: the checked entrypoint, the trial's context and resources.
 
-Ray Tune starts a fresh actor per trial by default, which costs about 1.4 s a trial on a small
-machine. kubetune reuses actors (`reuse_actors=True`) and instead makes each trial start clean:
-the user's modules are imported afresh (so module globals start over), and the environment,
-working directory, sys.path, root logging handlers, RNG seeds and torch's global switches are
-restored after every trial.
+What runs inside the trial's actor (the isolation of reused actors) is kubetune.tune.trial_runtime,
+which imports nothing heavy so that a new actor starts fast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import hashlib
-import importlib
-import logging
-import os
-import sys
-import sysconfig
-from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from kubetune import trial
 from kubetune.api.errors import FieldIssue, SpecError
 from kubetune.api.spec import TuneExperimentSpec
 from kubetune.tune.space import max_iterations
+from kubetune.tune.trial_runtime import MissingEntrypoint, isolated, load_entrypoint, trial_function, trial_seed
 
-_LIBRARY_ROOTS = tuple(
-    {p for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")) if p}
-)
+__all__ = ["build_trainable", "import_entrypoint", "isolated", "trial_context", "trial_resources", "trial_seed"]
 
 
 def import_entrypoint(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
     """"pkg.module:function" -> the function; errors name spec.trainable.entrypoint."""
     module_name, _, attr = entrypoint.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        fn = load_entrypoint(entrypoint)
+    except MissingEntrypoint as exc:
+        raise SpecError([FieldIssue("spec.trainable.entrypoint", str(exc))]) from None
     except Exception as exc:  # ImportError, or any error the module raises at import
         raise SpecError([FieldIssue(
             "spec.trainable.entrypoint",
             f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
         )]) from None
-    fn = getattr(module, attr, None)
     if not callable(fn):
         raise SpecError([FieldIssue(
             "spec.trainable.entrypoint", f"module {module_name!r} has no function {attr!r}"
@@ -78,77 +66,6 @@ def _signature_problem(fn: Any) -> str | None:
     if not positional and not takes_varargs:
         return "takes no argument"
     return None
-
-
-def _is_user_module(module: Any, user_package: str) -> bool:
-    """User code is re-imported per trial; libraries (stdlib, site-packages, kubetune) are kept."""
-    name = getattr(module, "__name__", "") or ""
-    if name.split(".")[0] == user_package:
-        return True
-    if name == "kubetune" or name.startswith("kubetune."):
-        return False
-    file = getattr(module, "__file__", None)
-    if not file:
-        return False
-    file = os.path.abspath(file)
-    return not any(file.startswith(root) for root in _LIBRARY_ROOTS)
-
-
-@contextlib.contextmanager
-def isolated(user_package: str) -> Iterator[None]:
-    """Run one trial so that nothing it changes at process level reaches the next trial."""
-    environ = dict(os.environ)
-    cwd = os.getcwd()
-    path = list(sys.path)
-    root_handlers = list(logging.getLogger().handlers)
-    torch_state = _torch_globals()
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        with contextlib.suppress(OSError):
-            os.chdir(cwd)
-        sys.path[:] = path
-        logging.getLogger().handlers[:] = root_handlers
-        for name, module in list(sys.modules.items()):
-            if _is_user_module(module, user_package):
-                del sys.modules[name]
-        _restore_torch_globals(torch_state)
-
-
-def _torch_globals() -> dict[str, Any] | None:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    return {
-        "threads": torch.get_num_threads(),
-        "dtype": torch.get_default_dtype(),
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-    }
-
-
-def _restore_torch_globals(state: dict[str, Any] | None) -> None:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    if state is not None:
-        torch.set_num_threads(state["threads"])
-        torch.set_default_dtype(state["dtype"])
-        torch.use_deterministic_algorithms(state["deterministic"])
-    if torch.cuda.is_available():
-        # A full collection takes ~60 ms (too much per CPU trial), but on a GPU it returns the memory
-        # a previous trial's reference cycles still hold before the next trial allocates.
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def trial_seed(experiment_seed: int | None, trial_id: str) -> int:
-    """A per-trial seed: derived from the experiment seed (reproducible) or fresh entropy."""
-    if experiment_seed is None:
-        return int.from_bytes(os.urandom(4), "little")
-    digest = hashlib.sha256(f"{experiment_seed}:{trial_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def trial_context(spec: TuneExperimentSpec) -> trial.TrialContext:
@@ -192,25 +109,5 @@ def build_trainable(spec: TuneExperimentSpec):
     """The Tune trainable for the spec: the isolated entrypoint, with the trial's resources."""
     from ray import tune
 
-    entrypoint = spec.trainable.entrypoint
-    user_package = entrypoint.split(":")[0].split(".")[0]
-    base_context = trial_context(spec)
-    parameter_names = list(spec.parameters)
-
-    def run_trial(config: dict[str, Any]) -> None:
-        trial_id = tune.get_context().get_trial_id() or ""
-        with isolated(user_package):
-            ctx = replace(base_context, trial_id=trial_id, seed=trial_seed(base_context.seed, trial_id))
-            trial.bind(ctx)
-            trial.seed_everything()
-            fn = import_entrypoint(entrypoint)
-            tracked = trial.ReadTrackingConfig(config)
-            trial.watch_config(tracked, parameter_names)
-            try:
-                fn(tracked)
-            finally:
-                trial.watch_config(None)
-
-    # Trial names read "train_<id>" rather than "run_trial_<id>".
-    run_trial.__name__ = run_trial.__qualname__ = entrypoint.split(":")[1]
+    run_trial = trial_function(spec.trainable.entrypoint, trial_context(spec), list(spec.parameters))
     return tune.with_resources(run_trial, trial_resources(spec))
