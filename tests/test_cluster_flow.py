@@ -46,21 +46,25 @@ def test_kubectl_apply_example_succeeds_with_trials_in_worker_pods_and_results_i
     # Every result came from a Ray worker pod (the head has num-cpus 0, the driver no resources).
     assert ips and ips <= seen["worker_ips"], (ips, seen["worker_ips"])
 
-    # S3 requests from the driver pod (experiment state, results) and from the worker pods (checkpoints),
-    # per trial-iteration: the driver saves its state at most every 5 s and when a trial ends (issue #10
-    # point 4: saving after every result made 88.8 per trial-iteration, 200-300 a second). The saves
-    # follow finished trials, not iterations: sleep-asha's trials are short (ASHA), 15.6 were seen here.
+    # S3 requests from the driver pod (experiment state, results) and from the worker pods (checkpoints).
+    # The driver saves its state when a trial ends and at most every 5 s otherwise (issue #10 point 4:
+    # saving after every result made 88.8 requests per trial-iteration, 200-300 a second), so its
+    # requests follow those save occasions, not iterations (sleep-asha's ASHA trials are short: 15-20 per
+    # trial-iteration here, the quickstart 8-10). A save took 40-60 requests here; 120 each is the bound.
     by_client = s3_requests_by_client(access_log, log_offset)
     driver = sum(n for ip, n in by_client.items() if ip in seen["driver_ips"])
     workers = sum(n for ip, n in by_client.items() if ip in seen["worker_ips"])
     assert seen["driver_ips"] and driver > 0, (seen["driver_ips"], by_client)
-    assert driver / rows <= 25, (driver, rows, by_client)
+    running_s = seen["done_s"] - next(t for phase, t in seen["phases"] if phase == "Running")
+    saves = total + running_s / 5 + 2  # one per trial, one per 5 s, the first and the last
+    assert driver <= 120 * saves, (driver, saves, by_client)
 
     local_s = kubetune_run_locally(doc)
     print(f"\n[cluster] {example}: kubectl apply → first result {seen['first_result_s']:.1f}s, "
           f"→ Succeeded {seen['done_s']:.1f}s; kubetune run {local_s:.1f}s "
           f"(ratio {seen['done_s'] / local_s:.2f}); {rows} results, {checkpoints} checkpoint files in S3; "
-          f"S3 requests: driver pod {driver} ({driver / rows:.2f} per trial-iteration), worker pods {workers} "
+          f"S3 requests: driver pod {driver} ({driver / rows:.2f} per trial-iteration, {driver / saves:.0f} per save "
+          f"occasion of {saves:.0f}), worker pods {workers} "
           f"({workers / rows:.2f}); first trial running at {seen.get('first_trial_running_s')}s; "
           f"phases (s after apply) {seen['phases']}")
 
