@@ -154,7 +154,7 @@ class TrialHistory:
 def history_row(result: dict[str, Any], metric: str) -> dict[str, Any]:
     """The part of a result a trial's history keeps: HISTORY_KEYS and the objective (inf/NaN as text)."""
     row = {key: result[key] for key in HISTORY_KEYS if key in result}
-    if _jsonable(result.get(metric)):
+    if metric in result and _jsonable(result[metric]):  # a result without the objective still counts
         row[metric] = _plain(result[metric])
     return row
 
