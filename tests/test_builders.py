@@ -309,6 +309,20 @@ def test_job_state_reads_a_running_driver_off_its_pod_before_the_job_counts_it_r
     assert phases.job_state(job, [driver_pod(job="exp-driver-0")]).kind == "pending"  # another run's pod
 
 
+def test_a_driver_that_exited_0_is_not_starting_while_the_job_completes():
+    """Seen at the end of every experiment on a real cluster: the pod Succeeded, the Job is not yet Complete."""
+    for job, pods in ((job_with(active=1), [driver_pod("Running", "terminated")]),
+                      (job_with(active=0), [driver_pod("Succeeded", "terminated")]),
+                      (job_with(active=0, succeeded=1), [])):
+        for pod in pods:
+            pod["status"]["containerStatuses"][0]["state"]["terminated"] = {"exitCode": 0}
+        state = phases.job_state(job, pods)
+        assert state.kind == "running" and "the driver finished" in state.message, (job, state)
+    crashed = driver_pod("Running", "terminated")
+    crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {"exitCode": 1}
+    assert phases.job_state(job_with(active=1), [crashed]).kind == "pending"
+
+
 def test_a_condition_keeps_its_transition_time_while_its_status_holds():
     conditions = phases.set_condition([], "SpecValid", True, "Valid", "ok", NOW, 1)
     conditions = phases.set_condition(conditions, "SpecValid", True, "Valid", "still ok", LATER, 2)

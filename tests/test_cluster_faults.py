@@ -66,6 +66,9 @@ def test_experiment_survives_pod_deletion_while_trials_run(node_cluster, kubetun
     assert status["phase"] == "Succeeded", (seen["phases"], status)
     assert status["trials"]["total"] == 8 and status["trials"].get("error", 0) == 0, status["trials"]
 
+    if fault in ("worker", "operator"):  # the driver ran on throughout: the status must not say otherwise
+        said = [c for conds in seen["after_fault"] for c in conds if c[0] == "DriverRunning"]
+        assert all(reason == "DriverRunning" for _, reason, _ in said), said
     rows_by_trial, _ = result_rows(client, name + "/")
     assert len(rows_by_trial) == 8, sorted(rows_by_trial)  # no trial created twice
     # A trial that had finished never runs again; one running at the fault may repeat the iterations

@@ -123,8 +123,13 @@ def job_state(job: dict[str, Any] | None, pods: Sequence[dict[str, Any]] = ()) -
     status = job.get("status") or {}
     failed = int(status.get("failed") or 0)
     retried = f" after {failed} failed pod(s), resuming from storage" if failed else ""
-    if int(status.get("ready") or 0) > 0 or any(driver_runs(p) for p in pods_of_job(list(pods), name)):
+    own_pods = pods_of_job(list(pods), name)
+    if int(status.get("ready") or 0) > 0 or any(driver_runs(p) for p in own_pods):
         return ChildState("running", Reason.DRIVER_RUNNING, f"driver Job {name} is running{retried}")
+    # Between the driver's exit 0 and the Job's Complete condition the Job counts no ready pod: the
+    # driver is done, not starting (seen at the end of every experiment on a real cluster).
+    if int(status.get("succeeded") or 0) > 0 or any(driver_exited_ok(p) for p in own_pods):
+        return ChildState("running", Reason.DRIVER_RUNNING, f"driver Job {name}: the driver finished, the Job is completing")
     if int(status.get("active") or 0) > 0:
         return ChildState("pending", Reason.DRIVER_STARTING, f"driver pod of Job {name} is starting{retried}")
     return ChildState("pending", Reason.DRIVER_STARTING, f"driver Job {name} created{retried}")
@@ -141,6 +146,15 @@ def driver_runs(pod: dict[str, Any]) -> bool:
     if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") != "Running":
         return False
     return any(cs.get("name") == builders.DRIVER_CONTAINER and (cs.get("state") or {}).get("running") is not None
+               for cs in status.get("containerStatuses") or [])
+
+
+def driver_exited_ok(pod: dict[str, Any]) -> bool:
+    """The pod's driver container ended with exit code 0 (or the whole pod Succeeded)."""
+    status = pod.get("status") or {}
+    if status.get("phase") == "Succeeded":
+        return True
+    return any(cs.get("name") == builders.DRIVER_CONTAINER and ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") == 0
                for cs in status.get("containerStatuses") or [])
 
 
