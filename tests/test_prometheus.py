@@ -45,11 +45,12 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, targets: dict[str, str]) -> "Prometheus":
+    def start(self, targets: dict[str, str], scrape_configs: list[dict] = ()) -> "Prometheus":
+        """Scrape each static target (job name -> host:port) and the given scrape configs (e.g. discovery)."""
         config = {
             "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                               for job, target in targets.items()],
+                               for job, target in targets.items()] + list(scrape_configs),
         }
         (self.workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.log = open(self.workdir / "prometheus.log", "wb")
