@@ -16,20 +16,17 @@
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+hack_begin cluster/build
 
 K8S_VERSION="${KUBETUNE_K8S_VERSION:-v1.35.8}"
 COREDNS_VERSION="${KUBETUNE_COREDNS_VERSION:-v1.12.4}"
 KUBERAY_VERSION="${KUBETUNE_KUBERAY_VERSION:-v1.5.1}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 CACHE_DIR="${KUBETUNE_CLUSTER_DIR:-${REPO_ROOT}/.cache/cluster}"
 BIN_DIR="${CACHE_DIR}/bin"
 ENVTEST_BUILD_DIR="${KUBETUNE_ENVTEST_DIR:-${REPO_ROOT}/.cache/envtest}/build-${K8S_VERSION}"
 
-START_TS=$(date +%s)
-log() { echo "[cluster/build] $(date +%H:%M:%S) $*"; }
-elapsed() { echo "$(( $(date +%s) - START_TS ))s"; }
 stamp_ok() { [ -f "${BIN_DIR}/.$1.version" ] && [ "$(cat "${BIN_DIR}/.$1.version")" = "$2" ]; }
 stamp() { echo "$2" > "${BIN_DIR}/.$1.version"; }
 
@@ -37,8 +34,7 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
 mkdir -p "${BIN_DIR}"
-exec 9>"${CACHE_DIR}/.lock"
-command -v flock >/dev/null 2>&1 && flock 9
+lock_cache "${CACHE_DIR}"
 
 # --- Debian packages -----------------------------------------------------------------------
 PKGS=(containerd runc containernetworking-plugins iptables conntrack)
@@ -56,10 +52,8 @@ log "containerd $(containerd --version | awk '{print $3}'), runc $(runc --versio
 # --- etcd, kube-apiserver, kube-controller-manager (and envtest's go.mod) -----------------
 bash "${REPO_ROOT}/hack/envtest/build.sh"
 
-if [ -z "${GO:-}" ]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
+find_go
+export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:--p=2} -mod=mod"
 NICE=(nice -n 19)
 

@@ -15,18 +15,13 @@
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+hack_begin envtest/build
 
 K8S_VERSION="${KUBETUNE_K8S_VERSION:-v1.35.8}"
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 CACHE_DIR="${KUBETUNE_ENVTEST_DIR:-${REPO_ROOT}/.cache/envtest}"
 BIN_DIR="${CACHE_DIR}/bin"
 STAMP="${BIN_DIR}/VERSION"
-
-START_TS=$(date +%s)
-log() { echo "[envtest/build] $(date +%H:%M:%S) $*"; }
-elapsed() { echo "$(( $(date +%s) - START_TS ))s"; }
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -44,11 +39,7 @@ apt_install() {
 }
 
 # One build at a time (e.g. several pytest-xdist workers calling this script at once).
-mkdir -p "${CACHE_DIR}"
-exec 9>"${CACHE_DIR}/.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock 9
-fi
+lock_cache "${CACHE_DIR}"
 
 # --- etcd -----------------------------------------------------------------------------
 if command -v etcd >/dev/null 2>&1; then
@@ -68,13 +59,7 @@ if [ -x "${BIN_DIR}/kube-apiserver" ] && [ -x "${BIN_DIR}/kube-controller-manage
   exit 0
 fi
 
-if [ -z "${GO:-}" ]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-if [ ! -x "${GO}" ]; then
-  echo "[envtest/build] ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
-  exit 1
-fi
+find_go
 log "building Kubernetes ${K8S_VERSION} with $("${GO}" version)"
 
 # Staging modules (k8s.io/api, k8s.io/client-go, ...) are published as v0.<minor>.<patch>.
@@ -86,7 +71,6 @@ BUILD_DIR="${CACHE_DIR}/build-${K8S_VERSION}"
 mkdir -p "${BUILD_DIR}" "${BIN_DIR}"
 cd "${BUILD_DIR}"
 
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export GOFLAGS=-mod=mod
 export CGO_ENABLED=0
 

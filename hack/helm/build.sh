@@ -13,35 +13,20 @@
 #   KUBETUNE_HELM_DIR       cache dir (default <repo>/.cache/helm)
 #   GO                      go binary (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+hack_begin helm/build
 
 HELM_VERSION="${KUBETUNE_HELM_VERSION:-v3.22.0}"
 PROMETHEUS_OPERATOR_VERSION="${KUBETUNE_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 CACHE_DIR="${KUBETUNE_HELM_DIR:-${REPO_ROOT}/.cache/helm}"
 BIN_DIR="${CACHE_DIR}/bin"
 STAMP="${BIN_DIR}/VERSION"
 
-START_TS=$(date +%s)
-log() { echo "[helm/build] $(date +%H:%M:%S) $*"; }
-elapsed() { echo "$(( $(date +%s) - START_TS ))s"; }
-
 # One build at a time (several test processes may call this script at once).
-mkdir -p "${CACHE_DIR}"
-exec 9>"${CACHE_DIR}/.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock 9
-fi
-
-if [ -z "${GO:-}" ]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-if [ ! -x "${GO}" ]; then
-  echo "[helm/build] ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
-  exit 1
-fi
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+lock_cache "${CACHE_DIR}"
+find_go
 
 # --- monitoring CRDs (ServiceMonitor, PodMonitor) -----------------------------------------
 CRD_DIR="${CACHE_DIR}/crds"

@@ -24,9 +24,8 @@
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+hack_begin images/build
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 CACHE_DIR="${KUBETUNE_IMAGES_DIR:-${REPO_ROOT}/.cache/images}"
 TAG="${KUBETUNE_IMAGE_TAG:-dev}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -34,10 +33,6 @@ BASE_IMAGE="docker.io/library/python:3.11-slim-bookworm"
 # What goes into the stand-in base; a change here rebuilds it.
 BASE_PACKAGES="python3.11,python3-pip,python-is-python3,ca-certificates"
 BASE_RECIPE="debootstrap minbase bookworm ${BASE_PACKAGES} v1"
-
-START_TS=$(date +%s)
-log() { echo "[images/build] $(date +%H:%M:%S) $*"; }
-elapsed() { echo "$(( $(date +%s) - ${1:-${START_TS}} ))s"; }
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -52,11 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
 fi
 
-mkdir -p "${CACHE_DIR}"
-exec 9>"${CACHE_DIR}/.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock 9
-fi
+lock_cache "${CACHE_DIR}"
 
 # One store of our own, so it never clashes with a system store configured for another driver.
 # overlay stores each layer as a diff; vfs (which needs no mount support at all) stores every layer as

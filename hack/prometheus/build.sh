@@ -13,39 +13,26 @@
 #   KUBETUNE_PROMETHEUS_DIR              cache dir (default <repo>/.cache/prometheus)
 #   GO                                   go binary (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+hack_begin prometheus/build
 
 VERSION="${KUBETUNE_PROMETHEUS_MODULE_VERSION:-v0.316.0}"
 TAGS="remove_all_sd,enable_kubernetes_sd"
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 CACHE_DIR="${KUBETUNE_PROMETHEUS_DIR:-${REPO_ROOT}/.cache/prometheus}"
 BIN_DIR="${CACHE_DIR}/bin"
 STAMP="${BIN_DIR}/VERSION"
 
-START_TS=$(date +%s)
-log() { echo "[prometheus/build] $(date +%H:%M:%S) $*"; }
-elapsed() { echo "$(( $(date +%s) - START_TS ))s"; }
-
 # One build at a time (./dev test starts this in the background; the test waits on the same lock).
-mkdir -p "${CACHE_DIR}"
-exec 9>"${CACHE_DIR}/.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock 9
-fi
+lock_cache "${CACHE_DIR}"
 
 if [ -x "${BIN_DIR}/prometheus" ] && [ -f "${STAMP}" ] && [ "$(cat "${STAMP}")" = "${VERSION} ${TAGS}" ]; then
   log "prometheus ${VERSION} already built in ${BIN_DIR} (took $(elapsed))"
   exit 0
 fi
-if [ -z "${GO:-}" ]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-if [ ! -x "${GO}" ]; then
-  echo "[prometheus/build] ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
-  exit 1
-fi
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
+find_go
+export CGO_ENABLED=0
 log "building prometheus ${VERSION} (tags ${TAGS}) with $("${GO}" version)"
 
 # `go install pkg@version` builds with Prometheus's own go.mod (it has no replace directives); the
