@@ -234,6 +234,27 @@ def test_raising_num_samples_continues_a_finished_experiment(ray_local, tmp_path
             assert t.metric == old[t.id].metric and t.config == old[t.id].config
 
 
+def test_a_finished_trials_saved_state_says_it_finished():
+    """When a function trainable returns, Tune adds `done` to the last result in place; Ray's JSON of the
+    trial, cached at an earlier save, kept the result without it, so a resume now and then brought a
+    finished trial back as stopped early (the test above failed 2 runs in 15)."""
+    from ray.tune.experiment import Trial
+
+    from kubetune.tune.tracking import ExperimentTracker, TrialState, trial_state
+
+    trial = Trial("__fake", stub=True, trial_id="t0")
+    trial.update_last_result({"score": 0.5, "training_iteration": 2})
+    assert "done" not in json.loads(trial.get_json_state()[1])["last_result"]  # a save between the two
+    trial.last_result.update(done=True)  # what Tune does when the function returns
+    trial.set_status(Trial.TERMINATED)
+    ExperimentTracker("score", "max", 1, ["x"]).on_trial_complete(0, [trial], trial)
+
+    saved = Trial("__fake", stub=True, trial_id="t0")  # as a resume rebuilds it
+    saved.set_status(Trial.TERMINATED)
+    saved.restore_run_metadata(trial.get_json_state()[1])
+    assert saved.last_result.get("done") is True and trial_state(saved) == TrialState.TERMINATED
+
+
 def test_results_carry_each_trials_reported_iterations(ray_local, tmp_path, monkeypatch):
     """kubetune-results.json holds every trial's history: what Tune's result.json would say, a few keys a row."""
     exp = load_experiment(doc("history", "kubetune_trials.sleep:train", {"x": {"grid": [0.25, 0.5]}},

@@ -381,6 +381,19 @@ def _save_state_at_next_step() -> None:
             return
 
 
+def _forget_saved_json(trial: Any) -> None:
+    """Make the next experiment-state save write the trial's last result as it is now.
+
+    When a function trainable returns, Tune adds `done` to the trial's last result in place, which
+    does not clear the JSON that Ray cached for the trial's run metadata at an earlier save; the final
+    save then kept the result without `done`, and the finished trial came back from a resume as
+    stopped early (and was counted so).
+    """
+    metadata = getattr(trial, "run_metadata", None)
+    if metadata is not None and hasattr(metadata, "invalidate_cache"):
+        metadata.invalidate_cache()
+
+
 class ExperimentTracker(Callback):
     """Keeps a Snapshot of the experiment and notifies sinks (at most every `interval_s`).
 
@@ -523,6 +536,7 @@ class ExperimentTracker(Callback):
         self._refresh(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        _forget_saved_json(trial)
         self._save_due = True
         self._refresh(trials)
 
