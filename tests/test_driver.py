@@ -255,6 +255,43 @@ def test_a_finished_trials_saved_state_says_it_finished():
     assert saved.last_result.get("done") is True and trial_state(saved) == TrialState.TERMINATED
 
 
+def _iterations_started(log_dir, trial_id):
+    return [int(line) for line in (log_dir / trial_id).read_text().split()]
+
+
+def test_pipelined_trials_stop_where_the_stopper_says(ray_local, tmp_path):
+    """Without a scheduler a trial computes its next iteration while the driver handles the last
+    result, except at stop.maxIterations: there it waits, so it never starts iteration 4."""
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    exp = load_experiment(doc("pipelined", "tests.trainables:records_iterations", {"x": {"grid": [0.2, 0.8]}},
+                              config={"log_dir": str(log_dir)}, stop={"maxIterations": 3}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path / "store"))
+    assert outcome.status == "succeeded", outcome.message
+    for t in outcome.snapshot.trials:
+        assert t.iteration == 3 and t.last_result["pipelined"] is True
+        assert _iterations_started(log_dir, t.id) == [1, 2, 3]
+
+
+def test_pipelined_trials_stop_at_ashas_rungs(ray_local, tmp_path):
+    """With ASHA a trial waits for the driver only at the rungs (1, 2, 4 here): a trial stopped there
+    never started the iteration after the one it was stopped at."""
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    exp = load_experiment(doc(
+        "pipelined-asha", "tests.trainables:records_iterations",
+        {"x": {"grid": [0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]}}, config={"log_dir": str(log_dir)},
+        scheduler={"type": "asha", "maxT": 6, "gracePeriod": 1, "reductionFactor": 2}, search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path / "store"))
+    assert outcome.status == "succeeded", outcome.message
+    stopped = [t for t in outcome.snapshot.trials if t.state == "stopped"]
+    assert stopped, "ASHA stopped no trial"
+    for t in outcome.snapshot.trials:
+        assert t.last_result["pipelined"] is True
+        assert _iterations_started(log_dir, t.id) == list(range(1, t.iteration + 1)), t
+        assert t.iteration in (1, 2, 4, 6)
+
+
 def test_results_carry_each_trials_reported_iterations(ray_local, tmp_path, monkeypatch):
     """kubetune-results.json holds every trial's history: what Tune's result.json would say, a few keys a row."""
     exp = load_experiment(doc("history", "kubetune_trials.sleep:train", {"x": {"grid": [0.25, 0.5]}},

@@ -189,3 +189,28 @@ def test_resources_and_trial_context():
     ddp = spec_of(trialResources={"cpu": 0.5, "gpu": 1}, distributed={"workers": 4})
     assert trial_resources(ddp) == {"cpu": 0.01}
     assert trial_context(ddp).distributed == {"workers": 4, "cpus_per_worker": 0.5, "gpus_per_worker": 1, "backend": "auto"}
+
+
+@pytest.mark.parametrize("settings", [(20, 1, 4, 1), (100, 1, 4, 3), (9, 1, 3, 2), (50, 5, 2, 2), (20, 2, 3, 1)])
+def test_asha_milestones_are_rays_rungs(settings):
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t, grace, rf, brackets = settings
+    ray_asha = ASHAScheduler(metric="m", mode="max", max_t=max_t, grace_period=grace, reduction_factor=rf,
+                             brackets=brackets)
+    rungs = sorted({milestone for bracket in ray_asha._brackets for milestone, _ in bracket._rungs})
+    assert space.asha_milestones(max_t, grace, rf, brackets) == rungs
+
+
+def test_trials_wait_for_the_driver_only_where_a_decision_can_come():
+    fifo = spec_of(stop={"maxIterations": 12})
+    assert space.result_pipelining(fifo) == (True, [], 12)
+    assert space.result_pipelining(spec_of()) == (True, [], None)  # the trial ends itself
+    asha = spec_of(scheduler={"type": "asha", "maxT": 20, "gracePeriod": 1, "reductionFactor": 4})
+    assert space.result_pipelining(asha) == (True, [1, 4, 16], 20)
+    ctx = trial_context(asha)
+    assert ctx.pipelined and ctx.hold_at == (1, 4, 16) and ctx.hold_from == 20
+    for kind in ("hyperband", "medianStopping"):  # they may stop (or pause) a trial at any result
+        assert space.result_pipelining(spec_of(scheduler={"type": kind}))[0] is False
+    pbt = {"type": "pbt", "perturbationInterval": 2, "hyperparamMutations": {"lr": {"uniform": {"min": 0.1, "max": 1}}}}
+    assert trial_context(spec_of(scheduler=pbt)).pipelined is False

@@ -98,3 +98,16 @@ def quick_or_slow(config):
     for i in range(int(config.get("slow_s", 60) / 0.5)):
         time.sleep(0.5)
         trial.report({"score": config["x"]})
+
+
+def records_iterations(config):
+    """Notes each iteration it starts (a line in config["log_dir"]/<trial id>), up to 10, and reports
+    whether its results were pipelined (kubetune.tune.trial_runtime.pipeline_results)."""
+    from ray.train._internal.session import get_session
+
+    log = os.path.join(config["log_dir"], trial.context().trial_id)
+    for i in range(trial.iteration() + 1, 11):
+        with open(log, "a") as fh:
+            fh.write(f"{i}\n")
+        time.sleep(0.01)
+        trial.report({"score": config["x"] * i, "pipelined": not get_session().synchronous_result_reporting})

@@ -54,6 +54,11 @@ class TrialContext:
     trial_id: str = ""
     # Set when the experiment has `distributed`: {"workers", "cpus_per_worker", "gpus_per_worker", "backend"}.
     distributed: dict[str, Any] | None = None
+    # The trial computes its next iteration while the driver handles the last result, except after the
+    # iterations in hold_at and from hold_from on (kubetune.tune.space.result_pipelining says why).
+    pipelined: bool = False
+    hold_at: tuple[int, ...] = ()
+    hold_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,7 @@ Tune's own registries do; the spec model has already rejected unknown names.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable
 
 from ray import tune
@@ -187,15 +188,44 @@ def max_iterations(spec: TuneExperimentSpec) -> int | None:
     return spec.stop.max_iterations or spec.scheduler.max_t
 
 
-def _asha(spec: TuneExperimentSpec) -> TrialScheduler:
+def _asha_settings(spec: TuneExperimentSpec) -> dict[str, Any]:
     s = spec.scheduler
-    return ASHAScheduler(
-        time_attr=TIME_ATTR,
-        max_t=_or(s.max_t, spec.stop.max_iterations or 100),
-        grace_period=_or(s.grace_period, 1),
-        reduction_factor=_or(s.reduction_factor, 4),
-        brackets=_or(s.brackets, 1),
-    )
+    return {"max_t": _or(s.max_t, spec.stop.max_iterations or 100), "grace_period": _or(s.grace_period, 1),
+            "reduction_factor": _or(s.reduction_factor, 4), "brackets": _or(s.brackets, 1)}
+
+
+def _asha(spec: TuneExperimentSpec) -> TrialScheduler:
+    return ASHAScheduler(time_attr=TIME_ATTR, **_asha_settings(spec))
+
+
+def asha_milestones(max_t: int, grace_period: int, reduction_factor: float, brackets: int) -> list[int]:
+    """The iterations at which ASHA may stop a trial (its rungs, over all brackets; as Ray's _Bracket)."""
+    found: set[int] = set()
+    for s in range(brackets):
+        rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) - s + 1)
+        found |= {int(grace_period * reduction_factor ** (k + s)) for k in range(rungs)}
+    return sorted(found)
+
+
+def result_pipelining(spec: TuneExperimentSpec) -> tuple[bool, list[int], int | None]:
+    """Whether a trial may compute its next iteration while the driver handles its last result, and
+    the iterations after which it must wait for the driver's decision instead.
+
+    Ray Tune makes a trial wait for the driver after every result, so that a scheduler can stop or
+    pause it right there; that round trip (the driver's callbacks, two Ray messages) is idle time for
+    the trial on every iteration. Without a scheduler (fifo), or with ASHA, the only results a
+    decision can follow are known in advance: ASHA's rungs and the last iteration (stop.maxIterations,
+    maxT), so the trial waits only there. Schedulers that pause or stop at any result (HyperBand,
+    medianStopping, PBT, PB2) and distributed trials keep Tune's wait after every result. A trial
+    stopped by the goal or the time budget may have computed one iteration more (not reported).
+    Returns (pipelined, hold_at, hold_from).
+    """
+    if spec.distributed is not None or spec.scheduler.type not in ("fifo", "asha"):
+        return False, [], None
+    if spec.scheduler.type == "fifo":
+        return True, [], max_iterations(spec)
+    settings = _asha_settings(spec)
+    return True, asha_milestones(**settings), min(settings["max_t"], max_iterations(spec) or settings["max_t"])
 
 
 def _hyperband(spec: TuneExperimentSpec) -> TrialScheduler:

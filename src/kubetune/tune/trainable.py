@@ -11,7 +11,7 @@ from typing import Any, Callable
 from kubetune import trial
 from kubetune.api.errors import FieldIssue, SpecError
 from kubetune.api.spec import TuneExperimentSpec
-from kubetune.tune.space import max_iterations
+from kubetune.tune.space import max_iterations, result_pipelining
 from kubetune.tune.trial_runtime import MissingEntrypoint, isolated, load_entrypoint, trial_function, trial_seed
 
 __all__ = ["build_trainable", "import_entrypoint", "isolated", "trial_context", "trial_resources", "trial_seed"]
@@ -79,12 +79,16 @@ def trial_context(spec: TuneExperimentSpec) -> trial.TrialContext:
             "gpus_per_worker": d.gpus_per_worker if d.gpus_per_worker is not None else spec.trial_resources.gpu,
             "backend": d.backend,
         }
+    pipelined, hold_at, hold_from = result_pipelining(spec)
     return trial.TrialContext(
         checkpoint_frequency=spec.checkpoint.frequency,
         checkpoint_at_end=spec.checkpoint.at_end,
         max_iterations=max_iterations(spec),
         seed=spec.search.seed,
         distributed=distributed,
+        pipelined=pipelined,
+        hold_at=tuple(hold_at),
+        hold_from=hold_from,
     )
 
 

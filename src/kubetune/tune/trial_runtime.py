@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import sysconfig
+import threading
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
@@ -121,6 +122,90 @@ def trial_seed(experiment_seed: int | None, trial_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+# Entries into Ray's _TrainSession.get_next (the driver asking a trial for its next result), counted
+# per trial (a reused actor's session gets a new result queue for each trial) from the very first
+# one: the class is wrapped when a trial's actor loads this module, before any session exists.
+_ASKED = threading.Condition()
+
+
+def _count_requests() -> None:
+    try:
+        from ray.train._internal.session import _TrainSession
+    except ImportError:
+        return
+    original = getattr(_TrainSession, "get_next", None)
+    if original is None or getattr(original, "kubetune_counts", False):
+        return
+
+    def get_next(self: Any) -> Any:
+        with _ASKED:
+            queue, asked = self.__dict__.get("_kubetune_asked", (None, 0))
+            self.__dict__["_kubetune_asked"] = (self.result_queue, asked + 1 if queue is self.result_queue else 1)
+            _ASKED.notify_all()
+        return original(self)
+
+    get_next.kubetune_counts = True  # type: ignore[attr-defined]
+    _TrainSession.get_next = get_next
+
+
+def _requests(session: Any) -> int:
+    queue, asked = session.__dict__.get("_kubetune_asked", (None, 0))
+    return asked if queue is session.result_queue else 0
+
+
+def pipeline_results(ctx: trial.TrialContext, session: Any = None) -> None:
+    """Let this trial compute its next iteration while the driver handles its last result.
+
+    Tune's function trainables report synchronously: after each result the training thread waits
+    until the driver has run its callbacks and the scheduler, and asked for the next result (two Ray
+    messages and the driver's work, idle time for the trial on every iteration). Ray's session also
+    has an asynchronous mode, where the thread goes on as soon as the actor has handed its result to
+    the driver. kubetune uses it when the experiment says where a decision can come
+    (kubetune.tune.space.result_pipelining): after a result in `ctx.hold_at` or from `ctx.hold_from`
+    on, the thread waits for the driver's next request, as Tune's would, or for the stop. Called in
+    the training thread before the trainable runs; changes nothing when Ray's session lacks a part.
+    """
+    if session is None:
+        try:
+            from ray.train._internal.session import get_session
+        except ImportError:
+            return
+        session = get_session()
+    needed = ("synchronous_result_reporting", "_report_training_result", "stop_event", "result_queue")
+    if session is None or not all(hasattr(session, n) for n in needed) or \
+            not getattr(type(session).get_next, "kubetune_counts", False):
+        return
+    # A reused actor keeps its session object: wrap Ray's own method once, not the last trial's wrapper.
+    report = session.__dict__.setdefault("_kubetune_report", session._report_training_result)
+    reported = {"queue": session.result_queue, "count": 0}
+
+    def report_then_maybe_hold(result: Any) -> None:  # the training thread
+        report(result)  # returns once the actor has handed this result to the driver
+        if reported["queue"] is not session.result_queue:  # a later trial on this actor
+            reported.update(queue=session.result_queue, count=0)
+        reported["count"] += 1
+        if _is_function_end(result) or not _holds_after(ctx, max(trial.iteration(), reported["count"])):
+            return
+        with _ASKED:  # wait for the driver's next request, which comes only if the trial goes on
+            while _requests(session) <= reported["count"]:
+                if session.stop_event.is_set():  # the driver stopped the trial at this result
+                    session.stop_event.clear()
+                    sys.exit(0)  # how Ray's own session ends a stopped trial's thread
+                _ASKED.wait(0.05)
+
+    session._report_training_result = report_then_maybe_hold
+    session.synchronous_result_reporting = False
+
+
+def _holds_after(ctx: trial.TrialContext, iteration: int) -> bool:
+    return iteration in ctx.hold_at or (ctx.hold_from is not None and iteration >= ctx.hold_from)
+
+
+def _is_function_end(result: Any) -> bool:
+    """Tune's last result of a function that returned (RESULT_DUPLICATE): nothing follows it."""
+    return "__duplicate__" in (getattr(result, "metrics", None) or {})
+
+
 def trial_function(entrypoint: str, base_context: trial.TrialContext,
                    parameter_names: list[str]) -> Callable[[dict[str, Any]], None]:
     """The function Tune runs for every trial: the entrypoint, isolated, with the trial's context bound.
@@ -136,6 +221,8 @@ def trial_function(entrypoint: str, base_context: trial.TrialContext,
         with isolated(user_package):
             ctx = replace(base_context, trial_id=trial_id, seed=trial_seed(base_context.seed, trial_id))
             trial.bind(ctx)
+            if ctx.pipelined:
+                pipeline_results(ctx)
             trial.seed_everything()
             fn = load_entrypoint(entrypoint)
             tracked = trial.ReadTrackingConfig(config)
@@ -148,3 +235,9 @@ def trial_function(entrypoint: str, base_context: trial.TrialContext,
     # Trial names read "train_<id>" rather than "run_trial_<id>".
     run_trial.__name__ = run_trial.__qualname__ = entrypoint.split(":")[1]
     return run_trial
+
+
+# In a trial's actor Ray's session module is loaded before this one (the trainable's class, which
+# refers to this module, derives from Tune's FunctionTrainable); elsewhere nothing needs the count.
+if "ray.train._internal.session" in sys.modules:
+    _count_requests()
