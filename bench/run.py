@@ -9,8 +9,9 @@
    free between trials, before the first and after the last trial) and the driver's time per
    callback and experiment-state save; the load average is printed next to the ratios.
 2. ASHA against FIFO on the quickstart: iterations consumed, wall time and best accuracy.
-3. S3 against local storage on the quickstart: wall time with moto's S3 server over local storage
-   (target <= 1.10), and the S3 requests the run makes per trial-iteration (moto's access log).
+3. S3 against local storage on the quickstart (with FIFO, so that both do the same work): wall time
+   with moto's S3 server over local storage (target <= 1.10), and the S3 requests the run makes per
+   trial-iteration (moto's access log).
 
     ./dev bench [--rounds N] [--skip-asha] [--skip-overhead] [--skip-s3] [--variants kubetune,reuse,defaults]
 """
@@ -234,6 +235,14 @@ def _moto(log_path: Path):
     raise RuntimeError("moto_server did not start")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its waited-for children, from /proc."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def _requests(log_path: Path) -> int:
     return sum(1 for line in log_path.read_text().splitlines() if '" 2' in line or '" 3' in line or '" 4' in line)
 
@@ -246,7 +255,9 @@ def s3_vs_local(rounds: int) -> None:
     from kubetune.api import load_experiment_file
     from kubetune.tune.driver import run_experiment
 
-    print("== S3 (moto server) against local storage on examples/quickstart.yaml")
+    # FIFO: every trial runs all its iterations, so both runs do the same work; with ASHA the
+    # iterations differ from run to run (78-158 seen) by more than the storage's cost.
+    print("== S3 (moto server) against local storage on examples/quickstart.yaml with scheduler fifo (the same work)")
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(key, value)
@@ -259,10 +270,11 @@ def s3_vs_local(rounds: int) -> None:
         wall_per_iteration: dict[str, list[float]] = {"local": [], "s3": []}
         for r in range(rounds):
             for name in ("local", "s3"):
-                overrides = [] if name == "local" else [f"spec.storage.endpoint={endpoint}"]
+                overrides = ["spec.scheduler={type: fifo}"] + (
+                    [] if name == "local" else [f"spec.storage.endpoint={endpoint}"])
                 experiment = load_experiment_file(ROOT / "examples" / "quickstart.yaml", overrides + (
                     [f"spec.storage.uri=s3://bench/round{r}"] if name == "s3" else []))
-                before = _requests(log_path)
+                before, moto_cpu = _requests(log_path), _cpu_seconds(proc.pid)
                 started = time.perf_counter()
                 outcome = run_experiment(experiment, storage_override=(
                     tempfile.mkdtemp(prefix="bench-local-") if name == "local" else None))
@@ -275,12 +287,12 @@ def s3_vs_local(rounds: int) -> None:
                 if name == "s3":
                     requests = _requests(log_path) - before
                     per_iteration.append(requests / iterations)
-                    line += f", {requests} S3 requests ({requests / iterations:.2f} per trial-iteration)"
+                    line += (f", {requests} S3 requests ({requests / iterations:.2f} per trial-iteration), "
+                             f"the S3 server's own CPU {_cpu_seconds(proc.pid) - moto_cpu:.1f} s of these 2 cores")
                 print(line, flush=True)
         med = {k: statistics.median(v) for k, v in walls.items()}
         per_it = {k: statistics.median(v) for k, v in wall_per_iteration.items()}
         print(f"  S3 / local wall                   = {med['s3'] / med['local']:.2f}   (target <= 1.10)   load {_load()}")
-        # ASHA's asynchronous decisions make the iterations differ from run to run: per trial-iteration too
         print(f"  S3 / local wall per trial-iteration = {per_it['s3'] / per_it['local']:.2f}")
         print(f"  S3 requests per trial-iteration   = {statistics.median(per_iteration):.2f}")
     finally:

@@ -256,7 +256,8 @@ def run_experiment(
         )
         signals.on_signal = tracker.request_stop
         loggers_off = os.environ.get(LOGGERS_OFF_ENV, "1" if storage.is_s3 else "0") == "1"
-        callbacks = [tracker, observer_for(experiment, storage, tracker.budget, export=metrics), *tune_loggers(loggers_off)]
+        observer = observer_for(experiment, storage, tracker.budget, export=metrics)
+        callbacks = [tracker, observer, *tune_loggers(loggers_off)]
         experiment_path = storage.experiment_path(name)
         experiment_uri = storage.experiment_uri(name)
         restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.filesystem)
@@ -297,6 +298,7 @@ def run_experiment(
         outcome = _conclude(spec, snapshot, stopper, experiment_uri, restored)
         _write_results(storage, name, spec, outcome)
         outcome.results_uri = f"{experiment_uri}/{RESULTS_FILE}"
+        observer.wait_for_plot()
         return outcome
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any, Callable
 
@@ -49,6 +50,7 @@ class TrialObserver(Callback):
         self.planned_trials = planned_trials
         self.time_budget_s = time_budget_s
         self.metrics, self.write_plot = metrics, write_plot
+        self._plotting: threading.Thread | None = None
         self.state_interval_s = state_interval_s
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_value: dict[str, float] = {}
@@ -179,7 +181,15 @@ class TrialObserver(Callback):
                 self.metrics.trials.finish(self._trial_key(trial))
         self._update_states(trials, force=True)
         if self.write_plot is not None:
-            self._plot(trials)
+            # Drawn while Tune saves its final state and stops the actors (0.2-0.3 s that would
+            # otherwise come after them); the driver waits for it before it returns (wait_for_plot).
+            curves = self._curves(trials)
+            self._plotting = threading.Thread(target=self._plot, args=(curves,), name="kubetune-plot", daemon=True)
+            self._plotting.start()
+
+    def wait_for_plot(self, timeout: float = 30.0) -> None:
+        if self._plotting is not None:
+            self._plotting.join(timeout)
 
     # -- the plot
 
@@ -191,14 +201,19 @@ class TrialObserver(Callback):
             self.history[trial.trial_id] = [(int(result["training_iteration"]), float(value))]
             self.last_value[trial.trial_id] = float(value)
 
-    def _plot(self, trials: list[Any]) -> None:
-        from kubetune.tune.plot import TrialCurve, render_png
+    def _curves(self, trials: list[Any]) -> list[Any]:
+        from kubetune.tune.plot import TrialCurve
 
         curves = []
         for trial in trials:
             state = self.final_state.get(trial.trial_id) or trial_state(trial)
             state = {TrialState.TERMINATED: "completed", TrialState.STOPPED: "early_stopped"}.get(state, state)
-            curves.append(TrialCurve(trial.trial_id, self.history.get(trial.trial_id, []), state))
+            curves.append(TrialCurve(trial.trial_id, list(self.history.get(trial.trial_id, [])), state))
+        return curves
+
+    def _plot(self, curves: list[Any]) -> None:
+        from kubetune.tune.plot import render_png
+
         try:
             self.write_plot(render_png(curves, self.metric, self.mode, title=self.labels[1]))
         except Exception as exc:  # a missing plot must not fail a finished experiment
