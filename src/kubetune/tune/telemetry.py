@@ -181,7 +181,7 @@ class TrialObserver(Callback):
                 self.metrics.trials.finish(self._trial_key(trial))
         self._update_states(trials, force=True)
         if self.write_plot is not None:
-            # Drawn while Tune saves its final state and stops the actors (0.2-0.3 s that would
+            # Drawn while Tune saves its final state and stops the actors (0.16-0.4 s that would
             # otherwise come after them); the driver waits for it before it returns (wait_for_plot).
             curves = self._curves(trials)
             self._plotting = threading.Thread(target=self._plot, args=(curves,), name="kubetune-plot", daemon=True)
