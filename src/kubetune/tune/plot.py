@@ -81,7 +81,12 @@ def render_png(curves: list[TrialCurve], metric: str, mode: str, title: str = ""
     ax.set_ylabel(f"{metric} ({mode})")
     ax.set_title(f"{title}: {metric} per iteration, {len(curves)} trials" if title else f"{metric} per iteration")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    # Margins from the widest y tick label, and a fast PNG compression: tight_layout drew the figure twice
+    # and zlib's default level took a third of the time (0.155 -> 0.10 s for 16 trials; the plot is drawn
+    # on the run's last stretch). A tick label character is about 0.085 in at the default 10 pt.
+    ticks = ax.yaxis.get_major_formatter().format_ticks(ax.get_yticks())
+    widest = max((len(t) for t in ticks), default=3)
+    fig.subplots_adjust(left=min(0.3, (0.6 + 0.085 * widest) / fig.get_figwidth()), right=0.98, top=0.93, bottom=0.09)
     out = io.BytesIO()
-    fig.savefig(out, format="png")
+    fig.savefig(out, format="png", pil_kwargs={"compress_level": 3})
     return out.getvalue()
