@@ -2,12 +2,14 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
@@ -94,6 +96,26 @@ def test_missing_bucket_is_named(s3_bucket):
         run_experiment(exp)
 
 
+def test_s3_filesystem_remembers_only_rays_storage_marker(s3_bucket):
+    from kubetune.api.spec import Storage
+    from kubetune.tune.storage import RAY_STORAGE_MARKER, s3_filesystem
+
+    endpoint, bucket, client = s3_bucket
+    fs = s3_filesystem(Storage(uri=f"s3://{bucket}/x", endpoint=endpoint))
+    marker, other = f"{bucket}/x/exp/{RAY_STORAGE_MARKER}", f"{bucket}/x/exp/state.json"
+    for path in (marker, other):
+        with fs.open_output_stream(path):
+            pass
+    assert [i.type for i in fs.get_file_info([marker, other])] == [pafs.FileType.File] * 2
+    client.delete_object(Bucket=bucket, Key=f"x/exp/{RAY_STORAGE_MARKER}")
+    client.delete_object(Bucket=bucket, Key="x/exp/state.json")
+    # the marker is answered from memory (Ray asks before every checkpoint upload); anything else is asked again
+    assert fs.get_file_info(marker).type == pafs.FileType.File
+    assert fs.get_file_info(other).type == pafs.FileType.NotFound
+    # a copy (Ray ships the filesystem to every trial) starts without the memory
+    assert pickle.loads(pickle.dumps(fs)).get_file_info(marker).type == pafs.FileType.NotFound
+
+
 def test_s3_checkpoints_results_and_restore(ray_local, s3_server, s3_bucket, tmp_path):
     endpoint, bucket, client = s3_bucket
     exp = load_experiment(doc(
@@ -129,6 +151,23 @@ def test_s3_checkpoints_results_and_restore(ray_local, s3_server, s3_bucket, tmp
     # nothing was trained again: each trial started exactly once
     starts = sorted(p.name for p in (tmp_path / "marks").glob("start-*"))
     assert len(starts) == 2, starts
+
+
+def test_the_driver_reads_no_trial_files_back_after_the_run(ray_local, tmp_path, monkeypatch):
+    """Tune's fit() ends by looking for every trial's result.json and progress.csv to build dataframes
+    kubetune never uses: four sequential S3 requests a trial after the last one finished."""
+    from ray.tune.analysis import experiment_analysis
+
+    looked_up = []
+    exists = experiment_analysis._exists_at_fs_path
+    monkeypatch.setattr(experiment_analysis, "_exists_at_fs_path", lambda fs, path: looked_up.append(path) or exists(fs, path))
+    exp = load_experiment(doc("noreadback", "tests.trainables:counter", {"x": {"grid": [1, 2]}},
+                              config={"iterations": 2, "sleep_s": 0.01, "marks": str(tmp_path / "marks")},
+                              search={"numSamples": 1}))
+    outcome = run_experiment(exp, storage_override=str(tmp_path / "store"))
+    assert outcome.status == "succeeded" and outcome.snapshot.counts["terminated"] == 2, outcome.message
+    assert looked_up == []
+    assert experiment_analysis.ExperimentAnalysis._fetch_trial_dataframes.__name__ == "_fetch_trial_dataframes"
 
 
 def _wait_for(predicate, timeout, what):

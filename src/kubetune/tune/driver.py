@@ -289,7 +289,7 @@ def run_experiment(
             on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
         log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
         configure_logging(verbose)  # again: the searcher's library is imported by now
-        with _env_default(LOGGERS_OFF_ENV, "1" if storage.is_s3 else None):
+        with _env_default(LOGGERS_OFF_ENV, "1" if storage.is_s3 else None), _no_result_dataframes():
             tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
         signals.phase = "after"
         # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
@@ -308,6 +308,23 @@ def run_experiment(
 # last result and its history (each reported iteration, tracking.HISTORY_KEYS), so on S3 they are off
 # unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
 LOGGERS_OFF_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+@contextlib.contextmanager
+def _no_result_dataframes():
+    """Tune's fit() ends by reading every trial's result.json (or progress.csv) back into pandas for the
+    ResultGrid it returns, which kubetune never reads: its tracker holds every result. On S3, with the
+    logger files off, that was four sequential requests a trial after the last one finished (64 on the
+    quickstart); locally, parsing each file. Skipped: the ResultGrid's metrics dataframes are empty."""
+    from pandas import DataFrame
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    original = ExperimentAnalysis._fetch_trial_dataframes
+    ExperimentAnalysis._fetch_trial_dataframes = lambda self: {t.trial_id: DataFrame() for t in self.trials}
+    try:
+        yield
+    finally:
+        ExperimentAnalysis._fetch_trial_dataframes = original
 
 
 @contextlib.contextmanager

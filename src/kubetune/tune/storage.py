@@ -116,6 +116,9 @@ def skip_instance_metadata(storage: Storage, env: dict[str, str] | None = None) 
     return storage.skips_instance_metadata(has_keys)
 
 
+RAY_STORAGE_MARKER = ".validate_storage_marker"  # ray.train._internal.storage._VALIDATE_STORAGE_MARKER_FILENAME
+
+
 class S3WithoutDirectoryMarkers(pafs.FileSystemHandler):
     """pyarrow's S3 filesystem, less the empty "dir/" objects it puts for every directory it creates.
 
@@ -123,11 +126,21 @@ class S3WithoutDirectoryMarkers(pafs.FileSystemHandler):
     copy_files create the experiment's, each trial's and each checkpoint's directories, recursively,
     before every upload; in pyarrow that is a HEAD of the bucket plus one PUT per level, each time:
     about 1,100 of the quickstart's 1,847 requests (FIFO, on moto). Reads, listings, writes and
-    deletes go to pyarrow's own S3 code unchanged (a delete still leaves its parent's marker).
+    deletes go to pyarrow's own S3 code unchanged (a delete still leaves its parent's marker), except
+    that Ray's storage marker file, once seen, is not looked up again.
     """
 
     def __init__(self, s3: pafs.S3FileSystem):
         self.s3 = s3
+        self._markers: dict[str, pafs.FileInfo] = {}
+
+    # Ray's marker file is looked up (a HEAD) before every checkpoint upload, on the trial's own
+    # thread, to catch a local storage path that a worker node cannot see; on S3, once found it stays.
+    def __getstate__(self) -> dict:
+        return {"s3": self.s3}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["s3"])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, S3WithoutDirectoryMarkers) and self.s3.equals(other.s3)
@@ -145,7 +158,13 @@ class S3WithoutDirectoryMarkers(pafs.FileSystemHandler):
         pass
 
     def get_file_info(self, paths):
-        return self.s3.get_file_info(paths)
+        if paths and all(path in self._markers for path in paths):
+            return [self._markers[path] for path in paths]
+        infos = self.s3.get_file_info(paths)
+        for info in infos:
+            if info.base_name == RAY_STORAGE_MARKER and info.type == pafs.FileType.File:
+                self._markers[info.path] = info
+        return infos
 
     def get_file_info_selector(self, selector):
         return self.s3.get_file_info(selector)
