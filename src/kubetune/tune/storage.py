@@ -132,11 +132,9 @@ class S3WithoutDirectoryMarkers(pafs.FileSystemHandler):
 
     def __init__(self, s3: pafs.S3FileSystem):
         self.s3 = s3
-        self._markers: dict[str, pafs.FileInfo] = {}
+        self._markers: dict[str, pafs.FileInfo] = {}  # Ray's storage marker files seen, by path
 
-    # Ray's marker file is looked up (a HEAD) before every checkpoint upload, on the trial's own
-    # thread, to catch a local storage path that a worker node cannot see; on S3, once found it stays.
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict:  # a copy (Ray ships the filesystem to every trial) starts afresh
         return {"s3": self.s3}
 
     def __setstate__(self, state: dict) -> None:
@@ -158,6 +156,8 @@ class S3WithoutDirectoryMarkers(pafs.FileSystemHandler):
         pass
 
     def get_file_info(self, paths):
+        # Ray looks its marker file up (a HEAD) before every checkpoint upload, on the trial's own thread,
+        # to catch a local storage path that a worker node cannot see; on S3, once found it stays.
         if paths and all(path in self._markers for path in paths):
             return [self._markers[path] for path in paths]
         infos = self.s3.get_file_info(paths)
