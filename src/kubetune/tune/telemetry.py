@@ -181,8 +181,9 @@ class TrialObserver(Callback):
                 self.metrics.trials.finish(self._trial_key(trial))
         self._update_states(trials, force=True)
         if self.write_plot is not None:
-            # Drawn while Tune saves its final state and stops the actors (0.16-0.4 s that would
-            # otherwise come after them); the driver waits for it before it returns (wait_for_plot).
+            # Drawn while Tune saves its final state and stops the actors; the driver waits for it before
+            # it returns (wait_for_plot). The GIL limits the overlap: the run's end (last trial complete ->
+            # return) measured 0.05 s without the plot and about 0.2 s with it (the plot alone: 0.10 s).
             curves = self._curves(trials)
             self._plotting = threading.Thread(target=self._plot, args=(curves,), name="kubetune-plot", daemon=True)
             self._plotting.start()
