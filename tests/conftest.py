@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import os
 import socket
@@ -52,6 +53,40 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_state_before_timeout(request):
+    """For tests on the embedded Ray: if one is still running shortly before its timeout, print what Ray
+    holds and the end of each Ray worker's log (pytest-timeout shows only this process's stacks, and a
+    hang is mostly in another process: a trial, a Train controller, a worker)."""
+    if "ray_local" not in request.fixturenames:
+        yield
+        return
+    import threading
+
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 900)
+    timer = threading.Timer(max(timeout - 120, timeout * 0.6), print_ray_state, args=(request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
+
+
+def print_ray_state(nodeid: str, lines: int = 15) -> None:
+    import ray
+    from ray.util import placement_group_table
+
+    out = [f"=== {nodeid} still running: Ray's state", f"free: {ray.available_resources()}"]
+    with contextlib.suppress(Exception):
+        out += [f"placement group {pg_id[:8]}: {pg['state']} {pg['bundles']}" for pg_id, pg in placement_group_table().items()]
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    for path in sorted(logs.glob("worker-*.err"), key=lambda p: p.stat().st_mtime):
+        text = path.read_text(errors="replace").splitlines()
+        names = [line for line in text if line.startswith(":actor_name:")]
+        out += [f"--- {path.name} {' '.join(names)}", *[line for line in text[-lines:] if line not in names]]
+    print("\n".join(out), file=sys.stderr, flush=True)
 
 
 def free_port() -> int:

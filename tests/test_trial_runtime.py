@@ -60,3 +60,34 @@ def test_a_trial_that_leaves_torch_alone_does_not_pay_for_restoring_it():
         "print(torch.are_deterministic_algorithms_enabled() == before)\n"
     )
     assert run_python(changed) == "True"
+
+
+def test_each_trial_gets_fresh_user_modules_and_its_environment_back(tmp_path):
+    """Isolation between trials on a reused actor: the user's package is imported afresh, libraries stay
+    (each trial looks only at the modules it has not classified before), the environment is put back."""
+    (tmp_path / "userpkg").mkdir()
+    (tmp_path / "userpkg" / "__init__.py").write_text("LOADS = []\n")
+    (tmp_path / "userpkg" / "model.py").write_text("import json\nfrom userpkg import LOADS\nLOADS.append(1)\n")
+    code = (
+        "import os, sys, sysconfig, types\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from kubetune.tune.trial_runtime import isolated\n"
+        "os.environ['KEPT'] = 'before'\n"
+        "seen = []\n"
+        "for _ in range(3):\n"
+        "    with isolated('userpkg'):\n"
+        "        import userpkg.model\n"
+        "        seen.append(len(userpkg.LOADS))\n"
+        "        os.environ['KEPT'] = 'changed'; os.environ['ADDED'] = 'x'; os.environ.pop('PATH')\n"
+        "    assert not [m for m in sys.modules if m.split('.')[0] == 'userpkg'], 'user modules left'\n"
+        "    assert 'json' in sys.modules\n"
+        "    assert (os.environ['KEPT'], 'ADDED' in os.environ, os.environ['PATH']) == ('before', False, '/usr/bin:/bin')\n"
+        "# A module kept as a library by an earlier trial is still the user's when it is the trial's package.\n"
+        "lib = types.ModuleType('libby'); lib.__file__ = sysconfig.get_paths()['purelib'] + '/libby.py'\n"
+        "sys.modules['libby'] = lib\n"
+        "with isolated('userpkg'): pass\n"
+        "assert sys.modules.get('libby') is lib\n"
+        "with isolated('libby'): pass\n"
+        "print(seen, 'libby' in sys.modules)\n"
+    )
+    assert run_python(code) == "[1, 1, 1] False"

@@ -60,6 +60,31 @@ def _is_user_module(module: Any, user_package: str) -> bool:
     return not any(file.startswith(root) for root in _LIBRARY_ROOTS)
 
 
+# Modules found to be libraries, by name: a library module stays loaded, so each trial's end looks only
+# at the modules it has not seen (classifying all ~2,500 of an actor's modules by path took 3-5 ms a trial).
+_KNOWN_LIBRARIES: dict[str, Any] = {}
+
+
+def _forget_user_modules(user_package: str) -> None:
+    prefix = user_package + "."
+    for name, module in list(sys.modules.items()):
+        if _KNOWN_LIBRARIES.get(name) is module and not (name == user_package or name.startswith(prefix)):
+            continue
+        if _is_user_module(module, user_package):
+            del sys.modules[name]
+        else:
+            _KNOWN_LIBRARIES[name] = module
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Put os.environ back as `saved`, touching only what changed (each change is a putenv/unsetenv)."""
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def isolated(user_package: str) -> Iterator[None]:
     """Run one trial so that nothing it changes at process level reaches the next trial."""
@@ -71,15 +96,12 @@ def isolated(user_package: str) -> Iterator[None]:
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(environ)
+        _restore_environ(environ)
         with contextlib.suppress(OSError):
             os.chdir(cwd)
         sys.path[:] = path
         logging.getLogger().handlers[:] = root_handlers
-        for name, module in list(sys.modules.items()):
-            if _is_user_module(module, user_package):
-                del sys.modules[name]
+        _forget_user_modules(user_package)
         _restore_torch_globals(torch_state)
 
 
