@@ -74,7 +74,7 @@ def ray_state_before_timeout(request):
     timer.cancel()
 
 
-def print_ray_state(nodeid: str, lines: int = 15) -> None:
+def print_ray_state(nodeid: str, lines: int = 15, files: int = 40) -> None:
     import ray
     from ray.util import placement_group_table
 
@@ -82,7 +82,7 @@ def print_ray_state(nodeid: str, lines: int = 15) -> None:
     with contextlib.suppress(Exception):
         out += [f"placement group {pg_id[:8]}: {pg['state']} {pg['bundles']}" for pg_id, pg in placement_group_table().items()]
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    for path in sorted(logs.glob("worker-*.err"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(logs.glob("worker-*.err"), key=lambda p: p.stat().st_mtime)[-files:]:  # the latest
         text = path.read_text(errors="replace").splitlines()
         names = [line for line in text if line.startswith(":actor_name:")]
         out += [f"--- {path.name} {' '.join(names)}", *[line for line in text[-lines:] if line not in names]]
