@@ -111,3 +111,9 @@ def records_iterations(config):
             fh.write(f"{i}\n")
         time.sleep(0.01)
         trial.report({"score": config["x"] * i, "pipelined": not get_session().synchronous_result_reporting})
+
+
+def process_started(config):
+    """Reports when its worker process started, in seconds since boot (CLOCK_BOOTTIME, from /proc: Linux)."""
+    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    trial.report({"score": config["x"], "process_started": int(fields[19]) / os.sysconf("SC_CLK_TCK")})

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from kubetune.api import exitcodes
 from kubetune.api.spec import TuneExperiment, TuneExperimentSpec
+from kubetune.tune import trial_actor_env
 from kubetune.tune.signals import StopSignals, exit_code
 from kubetune.tune.storage import ResolvedStorage, check_storage, resolve_storage
 from kubetune.tune.tracking import (ExperimentTracker, ObjectiveStopper, Snapshot, TrialHistory, TrialRecord, TrialState,
@@ -38,6 +39,7 @@ RAY_ENV_DEFAULTS = {
     # more than Ray's 2 s; past it Tune starts a fresh actor and logs a warning).
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10",
     "RAY_DEDUP_LOGS": "0",
+    **trial_actor_env.ENV_DEFAULTS,
 }
 # Always: kubetune handles SIGINT itself, like SIGTERM (kubetune.tune.signals).
 RAY_ENV_FORCED = {"TUNE_DISABLE_SIGINT_HANDLER": "1"}
@@ -152,6 +154,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        trial_actor_env.remember_started_ray()
     return True
 
 
@@ -289,7 +292,8 @@ def run_experiment(
             on_start({"experiment_uri": experiment_uri, "restored": restored, "budget": tracker.budget})
         log.info("%s experiment %s in %s", "resuming" if restored else "starting", name, experiment_uri)
         configure_logging(verbose)  # again: the searcher's library is imported by now
-        with _env_default(LOGGERS_OFF_ENV, "1" if storage.is_s3 else None), _no_result_dataframes():
+        with (_env_default(LOGGERS_OFF_ENV, "1" if storage.is_s3 else None), _no_result_dataframes(),
+              trial_actor_env.trial_actors_without_runtime_env()):
             tuner.fit()  # a signal that came before the loop stops it at its first step, after saving
         signals.phase = "after"
         # The tracker's last snapshot was taken at on_experiment_end, with every trial's final state.
