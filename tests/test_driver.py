@@ -573,69 +573,42 @@ def test_ray_storage_error_is_said_in_the_specs_terms():
     assert in_spec_terms(other) == other
 
 
-# ---------------------------------------------------------------- trials on the workers Ray starts with itself (#9 perf)
+# ---------------------------------------------------------------- trial actors without Tune's runtime env (#9 perf)
 
 
-STARTED_WORKERS_PROBE = """
-import json, os, sys, time
+RUNTIME_ENV_PROBE = """
+import json, os, sys
 import ray
-import kubetune.tune.driver as driver
 from kubetune.api import load_experiment
-
-def processes():  # pid -> (parent pid, command line)
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            found[int(pid)] = (int(stat[1]), open(f"/proc/{pid}/cmdline").read())
-        except OSError:
-            pass
-    return found
-
-def idle_workers():  # workers of this process's raylet that are up and idle
-    procs = processes()
-    raylets = {pid for pid, (parent, cmd) in procs.items() if parent == os.getpid() and "raylet" in cmd}
-    return sum(1 for parent, cmd in procs.values() if parent in raylets and cmd.startswith("ray::IDLE"))
-
-ray_started = []
-ensure_ray = driver.ensure_ray
-def timed_ensure_ray(*args, **kwargs):
-    started = ensure_ray(*args, **kwargs)
-    deadline = time.monotonic() + 120  # the workers Ray starts with itself are up (a loaded machine is slow)
-    while idle_workers() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ray_started.append(time.clock_gettime(time.CLOCK_BOOTTIME))
-    return started
-driver.ensure_ray = timed_ensure_ray
+from kubetune.tune.driver import run_experiment
 
 seen = {}
 for name, env in (("same environment", {}), ("AWS_SESSION_TOKEN set after ray.init", {"AWS_SESSION_TOKEN": "t"})):
-    exp = load_experiment(json.loads(sys.argv[1]))
     def set_env_after_ray_started(_snapshot, env=env):
         os.environ.update(env)
-    outcome = driver.run_experiment(exp, storage_override=f"{sys.argv[2]}/{len(seen)}", num_cpus=2, metrics=False,
-                                    on_start=set_env_after_ray_started)
+    outcome = run_experiment(load_experiment(json.loads(sys.argv[1])), storage_override=f"{sys.argv[2]}/{len(seen)}",
+                             num_cpus=2, metrics=False, on_start=set_env_after_ray_started)
     assert outcome.status == "succeeded", outcome.message
-    started = [t.last_result["process_started"] for t in outcome.snapshot.trials]
-    seen[name] = "on the workers started with Ray" if max(started) < ray_started[-1] else "on new workers"
+    seen[name] = sorted({t.last_result["runtime_env_vars"] for t in outcome.snapshot.trials})
     ray.shutdown()
     os.environ.pop("AWS_SESSION_TOKEN", None)
 print(json.dumps(seen))
 """
 
 
-def test_trials_run_on_the_workers_the_embedded_ray_started(tmp_path):
-    """Through the driver, on real embedded Rays of 2 CPUs with 2 trials: the trials run in the workers
-    Ray started with itself (up before the driver went on); a variable that Tune gives trial actors and the
-    workers lack (set after ray.init) sends them to workers started for them, with Tune's env_vars."""
-    spec = doc("started", "tests.trainables:process_started", {"x": {"uniform": {"min": 0, "max": 1}}},
+def test_trial_actors_skip_tunes_runtime_env_only_where_the_workers_have_it(tmp_path):
+    """Through the driver, on real embedded Rays of 2 CPUs: the trial actors get no runtime environment
+    (so Ray may give them the workers it started with itself) while the workers inherited everything in
+    Tune's; a variable Tune gives trial actors that the workers lack (set after ray.init) brings Tune's
+    runtime environment back."""
+    spec = doc("runtime-env", "tests.trainables:runtime_env_vars", {"x": {"uniform": {"min": 0, "max": 1}}},
                search={"numSamples": 2}, checkpoint={"frequency": 0, "atEnd": False})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "trial-image"), str(ROOT)])}
     env.pop("AWS_SESSION_TOKEN", None)
-    done = subprocess.run([sys.executable, "-c", STARTED_WORKERS_PROBE, json.dumps(spec), str(tmp_path)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", RUNTIME_ENV_PROBE, json.dumps(spec), str(tmp_path)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
-        "same environment": "on the workers started with Ray",
-        "AWS_SESSION_TOKEN set after ray.init": "on new workers",
+        "same environment": ["(none)"],
+        "AWS_SESSION_TOKEN set after ray.init": ["AWS_SESSION_TOKEN,PL_DISABLE_FORK"],
     }
