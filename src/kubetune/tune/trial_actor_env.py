@@ -2,8 +2,8 @@
 
 Tune gives every trial actor a runtime environment (`env_vars`: its `PL_DISABLE_FORK=1` and the
 driver's AWS and Ray Train variables, ray.tune.execution.class_cache). Ray then starts a worker
-process for each trial actor through its runtime-env agent, and cannot use the idle workers it
-started with itself (one per CPU).
+process with that environment for each trial actor, which took 0.3 s longer than one without, and
+cannot give it the idle workers it started with itself (one per CPU, without it).
 
 The workers of the embedded Ray that kubetune starts inherit the environment the driver had at
 `ray.init`. While that environment already holds every variable Tune would send, trial actors are
