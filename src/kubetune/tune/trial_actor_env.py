@@ -10,11 +10,11 @@ The workers of the embedded Ray that kubetune starts inherit the environment the
 registered without a runtime environment (`trial_actors_without_runtime_env`). `./dev bench` (16 trials
 on 2 CPUs), the actor start in wall-equivalent seconds: 1.04 instead of 1.38 on a Ray that has no idle
 workers left, 0.71 instead of 1.47 on a fresh one, whose first trials mostly get the workers Ray
-started (8 runs of 8 alone; once in a loaded test session Ray started new ones anyway).
+started (11 runs of 11 alone; once in a loaded test session Ray started new ones anyway).
 Connected to a cluster, Tune's way is kept.
 
 (Importing Tune into Ray's workers as it starts them, `preload_python_modules`, saved 0.6 s more in
-6 runs of 8; in the other 2 the workers were still importing when the trials asked for them, Ray
+9 runs of 11; in the other 2 the workers were still importing when the trials asked for them, Ray
 started new ones, and two idle workers held Tune's 114 MB each.)
 """
 
