@@ -14,8 +14,8 @@ started (11 runs of 11 alone; once in a loaded test session Ray started new ones
 Connected to a cluster, Tune's way is kept.
 
 (Importing Tune into Ray's workers as it starts them, `preload_python_modules`, saved 0.6 s more in
-9 runs of 11; in the other 2 the workers were still importing when the trials asked for them, Ray
-started new ones, and two idle workers held Tune's 114 MB each.)
+9 runs of 11; in the other 2 Ray started new workers for the trials (probably because its own were
+still importing Tune), which left two idle workers holding Tune (about 114 MB each).)
 """
 
 from __future__ import annotations
