@@ -61,7 +61,7 @@ def start_own_ray() -> None:
 
 class RayInitTimer:
     """While active, records how long each `ray.init` call takes (the plain script's and kubetune's):
-    2.6-3.7 s here, in steps of about 1 s, more than the difference being measured."""
+    2.6-4.0 s here, in steps of about 1 s, more than the difference being measured."""
 
     def __init__(self) -> None:
         self.durations: list[float] = []
@@ -198,7 +198,7 @@ def overhead_bench(rounds: int, variants: tuple[str, ...] = VARIANTS, own_ray: b
         print(f"  median {name:28s} {value:6.2f} s  ({value / MINIMUM_S:.2f} x minimum)")
     ratios = {}
     if "kubetune" in med:
-        # against the minimum only without Ray's start-up (ray.init alone takes 2.5-4 s here)
+        # against the minimum only without Ray's start-up (ray.init alone takes 2.6-4.0 s here)
         for label, other, target in (("kubetune / plain (defaults)", "plain (defaults)", "<= 0.5"),
                                      *([] if own_ray else [("kubetune / minimum", None, "<= 1.25")]),
                                      ("kubetune / plain (reuse_actors)", "plain (reuse_actors=True)", "<= 0.95")):
