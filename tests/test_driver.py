@@ -605,10 +605,15 @@ def test_trial_actors_skip_tunes_runtime_env_only_where_the_workers_have_it(tmp_
                search={"numSamples": 2}, checkpoint={"frequency": 0, "atEnd": False})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "trial-image"), str(ROOT)])}
     env.pop("AWS_SESSION_TOKEN", None)
-    done = subprocess.run([sys.executable, "-c", RUNTIME_ENV_PROBE, json.dumps(spec), str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+    proc = subprocess.Popen([sys.executable, "-c", RUNTIME_ENV_PROBE, json.dumps(spec), str(tmp_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        _kill_group(proc, signal.SIGKILL)  # the probe's Ray too, should it hang
+        proc.wait(30)
+    assert proc.returncode == 0, out + err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {
         "same environment": ["(none)"],
         "AWS_SESSION_TOKEN set after ray.init": ["AWS_SESSION_TOKEN,PL_DISABLE_FORK"],
     }
